@@ -1,0 +1,5 @@
+"""Allow ``python -m critprint``."""
+
+from critprint.cli import main
+
+main()

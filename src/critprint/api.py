@@ -1,0 +1,260 @@
+"""User-level operations: fingerprint, register, verify and identify models.
+
+The command-line interface and the evaluation call these functions, so every
+reported number measures exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from critprint.decision import Decision, Verdict, decide
+from critprint.errors import IncompatibleModelError
+from critprint.extraction import ProgressCallback, check_compatible, extract_critical_image
+from critprint.features import feature_vector
+from critprint.fingerprint import Fingerprint, ModelIdentity, now_utc, software_versions
+from critprint.models import ModelHandle, infer_task, load_model
+from critprint.protocol import Protocol, get_protocol
+from critprint.registry import Registry, RegistryEntry
+
+__all__ = [
+    "Verification",
+    "resolve_protocol",
+    "fingerprint_model",
+    "register",
+    "verify",
+    "verify_registered",
+    "identify",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelSpec = str | Path | ModelHandle
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The result of comparing a suspect with one source fingerprint.
+
+    ``ratio`` is distance / threshold: below 1 the suspect is ``derived``.
+    """
+
+    source: str
+    suspect: str
+    task: str
+    distance: float
+    threshold: float
+    ratio: float
+    probability: float
+    verdict: Verdict
+    protocol: str
+    elapsed_seconds: float
+    feature_length: int
+    source_sha256: str
+    suspect_sha256: str
+    protocol_settings: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as a JSON-compatible dictionary."""
+        return asdict(self)
+
+
+def _as_handle(model: ModelSpec) -> ModelHandle:
+    return model if isinstance(model, ModelHandle) else load_model(model)
+
+
+def resolve_protocol(handle: ModelHandle, protocol: str | Protocol = "quick", task: str | None = None) -> Protocol:
+    """Return the protocol to fingerprint ``handle`` with.
+
+    A preset name is resolved for the model's task and scale; a
+    :class:`Protocol` is checked against them.
+
+    Raises:
+        InvalidInputError: If the preset name is unknown.
+        IncompatibleModelError: If the task or scale does not fit the model.
+    """
+    resolved_task = infer_task(handle, task)
+    if isinstance(protocol, Protocol):
+        if protocol.task != resolved_task:
+            raise IncompatibleModelError(
+                f"protocol task {protocol.task!r} does not match the model's task {resolved_task!r}"
+            )
+        return protocol
+    return get_protocol(protocol, resolved_task, scale=handle.scale)
+
+
+def _identity(handle: ModelHandle) -> ModelIdentity:
+    return ModelIdentity(
+        source=handle.source,
+        sha256=handle.sha256,
+        format=handle.format,
+        architecture=handle.architecture,
+        input_channels=handle.input_channels,
+        output_channels=handle.output_channels,
+        scale=handle.scale,
+    )
+
+
+def fingerprint_model(
+    model: ModelSpec,
+    protocol: str | Protocol = "quick",
+    task: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> Fingerprint:
+    """Extract a model's fingerprint.
+
+    Args:
+        model: A path, ``zoo:NAME`` or a loaded handle.
+        protocol: A preset name (``"paper"``, ``"quick"``) or a protocol.
+        task: ``"denoise"`` or ``"sr"``; inferred when the model states it.
+        progress: Optional ``callback(step, total, loss)``.
+    """
+    handle = _as_handle(model)
+    resolved = resolve_protocol(handle, protocol, task)
+    result = extract_critical_image(handle, resolved, progress)
+    return Fingerprint(
+        critical_image=result.critical_image,
+        features=feature_vector(result.critical_image, resolved.features),
+        protocol=resolved,
+        model=_identity(handle),
+        versions=software_versions(),
+        created_at=now_utc(),
+        loss=result.loss,
+        seconds=result.seconds,
+    )
+
+
+def register(
+    model: ModelSpec,
+    name: str,
+    registry: Registry | None = None,
+    protocol: str | Protocol = "quick",
+    task: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> RegistryEntry:
+    """Fingerprint a model and store it under a unique name.
+
+    The name is checked before the extraction, so a duplicate fails fast;
+    it is checked again atomically when the record is written.
+
+    Raises:
+        DuplicateNameError: If ``name`` is already registered.
+    """
+    registry = registry or Registry()
+    registry.ensure_available(name)
+    fingerprint = fingerprint_model(model, protocol, task, progress)
+    return registry.add(name, fingerprint)
+
+
+def _compare(
+    source_name: str, source: Fingerprint, suspect: ModelHandle, suspect_features: Any, seconds: float
+) -> Verification:
+    decision: Decision = decide(source.features, suspect_features, source.protocol.alpha, source.protocol.sigma_h)
+    return Verification(
+        source=source_name,
+        suspect=suspect.source,
+        task=source.protocol.task,
+        distance=decision.distance,
+        threshold=decision.threshold,
+        ratio=decision.ratio,
+        probability=decision.probability,
+        verdict=decision.verdict,
+        protocol=source.protocol.name,
+        elapsed_seconds=seconds,
+        feature_length=decision.length,
+        source_sha256=source.model.sha256,
+        suspect_sha256=suspect.sha256,
+        protocol_settings=source.protocol.to_dict(),
+    )
+
+
+def _check_suspect(source: Fingerprint, suspect: ModelHandle) -> None:
+    if suspect.input_channels != source.model.input_channels:
+        raise IncompatibleModelError(
+            f"suspect {suspect.source} has {suspect.input_channels} channels but the source fingerprint was "
+            f"made from a {source.model.input_channels}-channel model; compare models with equal channels"
+        )
+    check_compatible(suspect, source.protocol)
+
+
+def verify(
+    suspect: ModelSpec,
+    source: Fingerprint,
+    source_name: str = "fingerprint",
+    progress: ProgressCallback | None = None,
+) -> Verification:
+    """Decide whether a suspect model is derived from a source fingerprint.
+
+    The suspect's critical image is extracted with exactly the source's
+    recorded protocol, seed included, then the features are compared.
+
+    Raises:
+        IncompatibleModelError: If the suspect's channels or scale differ from
+            the source's.
+    """
+    start = time.perf_counter()
+    handle = _as_handle(suspect)
+    _check_suspect(source, handle)
+    result = extract_critical_image(handle, source.protocol, progress)
+    features = feature_vector(result.critical_image, source.protocol.features)
+    return _compare(source_name, source, handle, features, time.perf_counter() - start)
+
+
+def verify_registered(
+    suspect: ModelSpec,
+    name: str,
+    registry: Registry | None = None,
+    progress: ProgressCallback | None = None,
+) -> Verification:
+    """Verify a suspect against the registered fingerprint called ``name``."""
+    registry = registry or Registry()
+    return verify(suspect, registry.load(name), name, progress)
+
+
+def identify(
+    suspect: ModelSpec,
+    registry: Registry | None = None,
+    top: int | None = None,
+    task: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[Verification]:
+    """Compare a suspect with every registered fingerprint of its task.
+
+    Fingerprints of another task, scale or channel count are skipped. The
+    suspect is extracted once per distinct protocol among the rest.
+
+    Args:
+        suspect: A path, ``zoo:NAME`` or a loaded handle.
+        registry: The registry to search; the default one if None.
+        top: Keep only the ``top`` closest results; all if None.
+        task: The suspect's task; inferred when the model states it.
+        progress: Optional ``callback(step, total, loss)``, per extraction.
+
+    Returns:
+        Results sorted by distance, closest first.
+    """
+    start = time.perf_counter()
+    registry = registry or Registry()
+    handle = _as_handle(suspect)
+    suspect_task = infer_task(handle, task)
+    groups: dict[str, list[tuple[RegistryEntry, Fingerprint]]] = {}
+    for entry in registry.entries(task=suspect_task):
+        if entry.scale != handle.scale or entry.channels != handle.input_channels:
+            logger.info("skipping %s: scale %d and %d channels do not match the suspect", entry.name,
+                        entry.scale, entry.channels)
+            continue
+        groups.setdefault(entry.protocol_json, []).append((entry, registry.load(entry.name)))
+
+    results: list[Verification] = []
+    for members in groups.values():
+        protocol = members[0][1].protocol
+        extraction = extract_critical_image(handle, protocol, progress)
+        features = feature_vector(extraction.critical_image, protocol.features)
+        for entry, fingerprint in members:
+            results.append(_compare(entry.name, fingerprint, handle, features, time.perf_counter() - start))
+    results.sort(key=lambda item: item.distance)
+    return results[:top] if top is not None else results

@@ -1,0 +1,351 @@
+"""Commands of the ``critprint`` tool.
+
+Exit status: 0 on success whatever the verdict, 1 on a failure (one line on
+standard error; ``--debug`` shows the traceback), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from critprint import __version__, api, zoo
+from critprint.cli.output import ExtractionProgress, fail_on_errors, print_json, stderr, stdout, verification_table
+from critprint.demo import DEMO_PRUNE_FRACTION, run_demo
+from critprint.errors import ModelLoadError
+from critprint.fingerprint import load_fingerprint
+from critprint.images import write_png
+from critprint.models import load_model
+from critprint.registry import Registry
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="critprint",
+    help="Fingerprint image-restoration models and verify whether a suspect model is derived from yours.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+zoo_app = typer.Typer(help="List the models bundled with critprint.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+class ProtocolName(str, Enum):
+    """Protocol presets selectable on the command line."""
+
+    paper = "paper"
+    quick = "quick"
+
+
+class TaskName(str, Enum):
+    """Tasks selectable on the command line."""
+
+    denoise = "denoise"
+    sr = "sr"
+
+
+RegistryOption = Annotated[
+    Optional[Path],
+    typer.Option("--registry", help="Registry folder. Default: $CRITPRINT_HOME, else the user data folder."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on standard output.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Hide progress bars.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Log details and show tracebacks of failures.")]
+TaskOption = Annotated[
+    Optional[TaskName],
+    typer.Option("--task", help="Restoration task; inferred when the model states it (scale > 1 means sr)."),
+]
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _registry(path: Path | None) -> Registry:
+    return Registry(path)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        stdout.print(f"critprint {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def register(
+    model: Annotated[str, typer.Argument(help="Model file (.pth, .pt, .ckpt, .safetensors, TorchScript) or zoo:NAME.")],
+    name: Annotated[str, typer.Option("--name", help="Unique name for the fingerprint.")],
+    task: TaskOption = None,
+    protocol: Annotated[ProtocolName, typer.Option("--protocol", help="Extraction protocol preset.")] = ProtocolName.quick,
+    size: Annotated[
+        Optional[int], typer.Option("--size", min=8, help="Override the critical-image side, in pixels.")
+    ] = None,
+    iterations: Annotated[
+        Optional[int], typer.Option("--iterations", min=1, help="Override the number of Adam steps.")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the random seed.")] = None,
+    registry: RegistryOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Extract a model's fingerprint and store it in the registry.
+
+    Overriding --size, --iterations or --seed records the protocol as "custom".
+    """
+    _configure_logging(debug)
+    start = time.perf_counter()
+    with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
+        store = _registry(registry)
+        store.ensure_available(name)
+        handle = load_model(model)
+        settings = api.resolve_protocol(handle, protocol.value, task.value if task else None)
+        overrides = {
+            key: value for key, value in (("size", size), ("iterations", iterations), ("seed", seed))
+            if value is not None
+        }
+        if overrides:
+            settings = settings.replace(name="custom", **overrides)
+        entry = api.register(handle, name, store, protocol=settings, progress=progress.callback(f"register {name}"))
+    if json_output:
+        print_json({**entry.to_dict(), "elapsed_seconds": time.perf_counter() - start})
+        return
+    stdout.print(f"registered {entry.name}: task {entry.task}, protocol {entry.protocol}, {entry.architecture}")
+    stdout.print(f"  model sha256 {entry.model_sha256}")
+    stdout.print(f"  fingerprint  {entry.path}")
+
+
+@app.command()
+def verify(
+    suspect: Annotated[str, typer.Argument(help="Suspect model file or zoo:NAME.")],
+    against: Annotated[Optional[str], typer.Option("--against", help="Name of the registered source fingerprint.")] = None,
+    fingerprint: Annotated[
+        Optional[Path], typer.Option("--fingerprint", help="Source fingerprint file, instead of --against.")
+    ] = None,
+    registry: RegistryOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Decide whether SUSPECT is derived from a source fingerprint.
+
+    The suspect is probed with exactly the source's recorded protocol and random draws.
+    """
+    _configure_logging(debug)
+    if (against is None) == (fingerprint is None):
+        raise typer.BadParameter("pass exactly one of --against NAME or --fingerprint FILE", param_hint="--against")
+    with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
+        callback = progress.callback(f"verify {suspect}")
+        if fingerprint is not None:
+            source = load_fingerprint(fingerprint)
+            result = api.verify(suspect, source, fingerprint.stem, callback)
+        else:
+            result = api.verify_registered(suspect, against or "", _registry(registry), callback)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    stdout.print(verification_table([result]))
+
+
+@app.command()
+def identify(
+    suspect: Annotated[str, typer.Argument(help="Suspect model file or zoo:NAME.")],
+    top: Annotated[Optional[int], typer.Option("--top", min=1, help="Show only the K closest fingerprints.")] = None,
+    task: TaskOption = None,
+    registry: RegistryOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Compare SUSPECT with every registered fingerprint of its task, closest first."""
+    _configure_logging(debug)
+    with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
+        results = api.identify(
+            suspect,
+            _registry(registry),
+            top=top,
+            task=task.value if task else None,
+            progress=progress.callback(f"identify {suspect}"),
+        )
+    if json_output:
+        print_json([result.to_dict() for result in results])
+        return
+    if not results:
+        stdout.print("no registered fingerprint matches the suspect's task, scale and channels")
+        return
+    stdout.print(verification_table(results))
+
+
+@app.command("list")
+def list_fingerprints(
+    registry: RegistryOption = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """List the registered fingerprints."""
+    _configure_logging(debug)
+    with fail_on_errors(debug):
+        entries = _registry(registry).entries()
+    if json_output:
+        print_json([entry.to_dict() for entry in entries])
+        return
+    if not entries:
+        stdout.print("no fingerprints registered")
+        return
+    table = Table()
+    for column in ("name", "task", "protocol", "architecture", "scale", "model sha256", "created"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(
+            entry.name, entry.task, entry.protocol, entry.architecture, str(entry.scale),
+            entry.model_sha256[:16], entry.created_at,
+        )
+    stdout.print(table)
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="Registered fingerprint name.")],
+    registry: RegistryOption = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show a registered fingerprint: model, protocol, versions and features."""
+    _configure_logging(debug)
+    with fail_on_errors(debug):
+        store = _registry(registry)
+        entry = store.get(name)
+        record = store.load(name)
+    details = {
+        **entry.to_dict(),
+        "model": record.model.to_dict(),
+        "protocol_settings": record.protocol.to_dict(),
+        "versions": record.versions,
+        "loss": record.loss,
+        "extraction_seconds": record.seconds,
+        "features": record.features.tolist(),
+    }
+    if json_output:
+        print_json(details)
+        return
+    for key, value in details.items():
+        if key == "features":
+            value = " ".join(f"{item:.4f}" for item in record.features.tolist())
+        stdout.print(f"{key}: {value}", markup=False)
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="Registered fingerprint name.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write the critical image to.")],
+    scale: Annotated[int, typer.Option("--scale", min=1, help="Enlarge the picture by this integer factor.")] = 1,
+    registry: RegistryOption = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Write a registered fingerprint's critical image as a PNG picture."""
+    _configure_logging(debug)
+    if out.suffix.lower() != ".png":
+        raise typer.BadParameter(f"expected a .png file name, got {str(out)!r}", param_hint="--out")
+    with fail_on_errors(debug):
+        record = _registry(registry).load(name)
+        path = write_png(record.critical_image, out, scale=scale)
+    if json_output:
+        print_json({"name": name, "path": str(path)})
+        return
+    stdout.print(f"wrote {path}")
+
+
+@app.command()
+def remove(
+    name: Annotated[str, typer.Argument(help="Registered fingerprint name.")],
+    registry: RegistryOption = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Remove a fingerprint from the registry and delete its file."""
+    _configure_logging(debug)
+    with fail_on_errors(debug):
+        entry = _registry(registry).remove(name)
+    if json_output:
+        print_json(entry.to_dict())
+        return
+    stdout.print(f"removed {entry.name}")
+
+
+@zoo_app.command("list")
+def zoo_list(json_output: JsonOption = False) -> None:
+    """List the bundled models."""
+    entries = zoo.list_models()
+    if json_output:
+        print_json([entry.to_dict() for entry in entries])
+        return
+    table = Table()
+    for column in ("name", "task", "architecture", "scale", "channels"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(entry.name, entry.task, entry.architecture, str(entry.scale), str(entry.channels))
+    stdout.print(table)
+
+
+@zoo_app.command("path")
+def zoo_path(
+    name: Annotated[str, typer.Argument(help="Bundled model name, as `critprint zoo list` shows it.")],
+    debug: DebugOption = False,
+) -> None:
+    """Print the path of a bundled model's weight file."""
+    with fail_on_errors(debug):
+        path = zoo.model_path(name)
+        if not path.exists():
+            raise ModelLoadError(f"bundled model file is missing: {path}; reinstall critprint")
+    stdout.print(str(path), markup=False)
+
+
+@app.command()
+def demo(
+    protocol: Annotated[ProtocolName, typer.Option("--protocol", help="Extraction protocol preset.")] = ProtocolName.quick,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show critprint at work on bundled models, in a scratch registry.
+
+    Registers a bundled denoiser, prunes 10 % of its weights, and verifies the
+    pruned copy and an independently trained denoiser against it.
+    """
+    _configure_logging(debug)
+    with tempfile.TemporaryDirectory(prefix="critprint-demo-") as workdir:
+        with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
+            result = run_demo(workdir, protocol.value, progress.callback)
+    if json_output:
+        print_json({
+            "source": result.source.to_dict(),
+            "verifications": [row.to_dict() for row in result.verifications],
+            "elapsed_seconds": result.seconds,
+        })
+        return
+    title = (
+        f"Suspects against {result.source.model_source} (registered as {result.source.name!r}, "
+        f"protocol {result.source.protocol}); pruned copy: {round(DEMO_PRUNE_FRACTION * 100)} % smallest weights zeroed"
+    )
+    stdout.print(verification_table(result.verifications, title=title))
+    stdout.print(f"derived means d < eta; finished in {result.seconds:.1f} s")
+
+
+def main() -> None:
+    """Run the command-line interface."""
+    app()

@@ -1,0 +1,152 @@
+"""Critical-image extraction: the optimisation at the heart of the fingerprint.
+
+Starting from S0 ~ N(0, beta^2), Adam minimises
+
+    L(X) = ||X - M(D_T(X))||_2^2 - lambda * TV(X)
+
+where the first term is the sum of squared errors over all pixels and
+channels and TV is the anisotropic total variation. The minimiser is an image
+the model restores well yet as far from smooth as the model allows, which
+carries patterns specific to that model ("Fingerprinting Deep Image
+Restoration Models", Quan et al., ICCV 2023).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from critprint.degradations import get_degradation, total_variation
+from critprint.errors import IncompatibleModelError
+from critprint.models import ModelHandle
+from critprint.protocol import Protocol
+
+__all__ = ["ProgressCallback", "ExtractionResult", "extract_critical_image", "check_compatible"]
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, float], None]
+"""Called as ``callback(step, total, loss)`` during an extraction."""
+
+# Steps between two progress reports; reading the loss synchronises with the
+# device, so it is not read at every step.
+_REPORT_EVERY = 10
+
+
+@dataclass(frozen=True)
+class ExtractionResult:
+    """The outcome of one extraction.
+
+    Attributes:
+        critical_image: float32 CPU tensor of shape (C, H, W), clamped to
+            [0, 1].
+        loss: Objective value at the last step.
+        seconds: Wall-clock time of the optimisation.
+    """
+
+    critical_image: torch.Tensor
+    loss: float
+    seconds: float
+
+
+def check_compatible(handle: ModelHandle, protocol: Protocol) -> None:
+    """Raise if a model cannot be probed with a protocol.
+
+    Raises:
+        IncompatibleModelError: If the model's channels or scale do not fit
+            the protocol's task, or its minimum input size exceeds the
+            protocol's input size.
+    """
+    if handle.input_channels != handle.output_channels:
+        raise IncompatibleModelError(
+            f"model {handle.source} maps {handle.input_channels} channels to {handle.output_channels}; "
+            "critprint needs a restoration model with equal input and output channels"
+        )
+    if handle.input_channels not in (1, 3):
+        raise IncompatibleModelError(
+            f"model {handle.source} has {handle.input_channels} channels; expected 1 (gray) or 3 (RGB)"
+        )
+    if handle.scale != protocol.scale:
+        raise IncompatibleModelError(
+            f"model {handle.source} has scale {handle.scale} but the protocol needs scale {protocol.scale}; "
+            "a suspect must have the source's scale"
+        )
+    if protocol.input_size < handle.minimum_size:
+        raise IncompatibleModelError(
+            f"critical image of {protocol.size} px gives a {protocol.input_size} px model input, below the "
+            f"minimum {handle.minimum_size} px of {handle.architecture}; use a larger protocol size"
+        )
+
+
+def extract_critical_image(
+    handle: ModelHandle,
+    protocol: Protocol,
+    progress: ProgressCallback | None = None,
+) -> ExtractionResult:
+    """Optimise the critical image of a model under a protocol.
+
+    Every random draw (the initial image, then the degradation noise of each
+    step) comes from one ``torch.Generator`` seeded with ``protocol.seed``, in
+    a fixed order, so the same model and protocol give the same image bit for
+    bit on the same machine and thread count, and a suspect sees exactly the
+    source's draws.
+
+    Args:
+        handle: The model, from :func:`critprint.models.load_model`.
+        protocol: All parameters; its task selects the degradation.
+        progress: Optional callback, called every few steps and at the end.
+
+    Returns:
+        The critical image (C, H, W) in [0, 1], float32 on the CPU.
+
+    Raises:
+        IncompatibleModelError: If the model does not fit the protocol, or its
+            output shape is wrong or not finite.
+    """
+    check_compatible(handle, protocol)
+    degradation = get_degradation(protocol.task)
+    channels = handle.input_channels
+    shape = (1, channels, protocol.size, protocol.size)
+    noise_shape = degradation.noise_shape(shape, protocol)
+
+    generator = torch.Generator().manual_seed(protocol.seed)
+    image = (torch.randn(shape, generator=generator) * protocol.beta).requires_grad_(True)
+    optimiser = torch.optim.Adam([image], lr=protocol.learning_rate)
+
+    start = time.perf_counter()
+    loss_value = math.nan
+    for step in range(1, protocol.iterations + 1):
+        noise = None
+        if protocol.noise_sigma > 0:
+            noise = torch.randn(noise_shape, generator=generator) * protocol.noise_sigma
+        restored = handle(degradation.apply(image, protocol, noise))
+        if step == 1 and restored.shape != image.shape:
+            raise IncompatibleModelError(
+                f"model {handle.source} returned shape {tuple(restored.shape)} for a {protocol.task} input "
+                f"of shape {tuple(noise_shape)}, expected {tuple(image.shape)}"
+            )
+        loss = (image - restored).pow(2).sum() - protocol.tv_weight * total_variation(image)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if protocol.constraint == "clamp":
+            with torch.no_grad():
+                image.clamp_(0.0, 1.0)
+        if step % _REPORT_EVERY == 0 or step == protocol.iterations:
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise IncompatibleModelError(
+                    f"model {handle.source} produced a non-finite objective at step {step}; "
+                    "it returns NaN or Inf for this input"
+                )
+            if progress is not None:
+                progress(step, protocol.iterations, loss_value)
+    seconds = time.perf_counter() - start
+    critical = image.detach().clamp(0.0, 1.0)[0].to(torch.float32).contiguous()
+    logger.info("extracted %s in %.1f s (%d steps, loss %.4g)", handle.source, seconds, protocol.iterations, loss_value)
+    return ExtractionResult(critical_image=critical, loss=loss_value, seconds=seconds)

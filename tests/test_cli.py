@@ -1,0 +1,186 @@
+"""The command-line interface: outputs, exit codes and error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from critprint.cli import app
+
+runner = CliRunner()
+
+# A small protocol so each extraction takes well under a second.
+FAST = ["--size", "24", "--iterations", "20"]
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(arg) for arg in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture()
+def registered(tmp_path: Path, model_dir: Path) -> Path:
+    """A registry holding the tiny denoiser A under the name 'alpha'."""
+    registry = tmp_path / "registry"
+    code, _, stderr = run(
+        "register", model_dir / "denoiser_a.safetensors", "--name", "alpha", "--registry", registry, *FAST
+    )
+    assert code == 0, stderr
+    return registry
+
+
+def test_register_json_fields(tmp_path: Path, model_dir: Path) -> None:
+    code, stdout, _ = run(
+        "register", model_dir / "denoiser_a.safetensors", "--name", "alpha",
+        "--registry", tmp_path, "--json", *FAST,
+    )
+    assert code == 0
+    record = json.loads(stdout)
+    assert record["name"] == "alpha"
+    assert record["task"] == "denoise"
+    assert record["protocol"] == "custom"
+    assert len(record["model_sha256"]) == 64
+    assert Path(record["path"]).exists()
+
+
+def test_verify_same_model_derived(registered: Path, model_dir: Path) -> None:
+    code, stdout, _ = run(
+        "verify", model_dir / "denoiser_a.pth", "--against", "alpha", "--registry", registered, "--json"
+    )
+    assert code == 0
+    result = json.loads(stdout)
+    for key in ("source", "suspect", "task", "distance", "threshold", "ratio", "probability", "verdict",
+                "protocol", "elapsed_seconds"):
+        assert key in result
+    assert result["verdict"] == "derived"
+    assert result["distance"] == 0.0
+    assert result["threshold"] == pytest.approx(1.387e-4, rel=1e-3)
+
+
+def test_verify_with_fingerprint_file(registered: Path, model_dir: Path) -> None:
+    _, stdout, _ = run("show", "alpha", "--registry", registered, "--json")
+    path = json.loads(stdout)["path"]
+    code, stdout, _ = run("verify", model_dir / "denoiser_b.safetensors", "--fingerprint", path, "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["suspect"].endswith("denoiser_b.safetensors")
+    assert result["distance"] > 0
+
+
+def test_verify_table_output(registered: Path, model_dir: Path) -> None:
+    code, stdout, _ = run("verify", model_dir / "denoiser_a.pth", "--against", "alpha", "--registry", registered)
+    assert code == 0
+    assert "derived" in stdout
+    assert "d/eta" in stdout
+
+
+def test_identify_closest_first(registered: Path, model_dir: Path) -> None:
+    code, _, _ = run(
+        "register", model_dir / "denoiser_b.safetensors", "--name", "beta", "--registry", registered, *FAST
+    )
+    assert code == 0
+    code, stdout, _ = run("identify", model_dir / "denoiser_a.pth", "--registry", registered, "--json")
+    assert code == 0
+    results = json.loads(stdout)
+    assert [item["source"] for item in results] == ["alpha", "beta"]
+    assert results[0]["distance"] <= results[1]["distance"]
+    code, stdout, _ = run("identify", model_dir / "denoiser_a.pth", "--registry", registered, "--json", "--top", "1")
+    assert len(json.loads(stdout)) == 1
+
+
+def test_identify_skips_other_tasks(registered: Path, model_dir: Path) -> None:
+    code, stdout, _ = run("identify", model_dir / "upscaler.safetensors", "--registry", registered, "--json")
+    assert code == 0
+    assert json.loads(stdout) == []
+
+
+def test_list_show_export_remove(registered: Path, tmp_path: Path) -> None:
+    code, stdout, _ = run("list", "--registry", registered, "--json")
+    assert [item["name"] for item in json.loads(stdout)] == ["alpha"]
+    code, stdout, _ = run("show", "alpha", "--registry", registered, "--json")
+    details = json.loads(stdout)
+    assert details["protocol_settings"]["size"] == 24
+    assert len(details["features"]) == 30
+    picture = tmp_path / "alpha.png"
+    code, _, _ = run("export", "alpha", "--out", picture, "--registry", registered)
+    assert code == 0
+    from PIL import Image
+
+    with Image.open(picture) as image:
+        assert image.size == (24, 24)
+        assert image.mode == "RGB"
+    code, _, _ = run("remove", "alpha", "--registry", registered)
+    assert code == 0
+    _, stdout, _ = run("list", "--registry", registered, "--json")
+    assert json.loads(stdout) == []
+
+
+def test_zoo_list_and_path() -> None:
+    code, stdout, _ = run("zoo", "list", "--json")
+    assert code == 0
+    models = json.loads(stdout)
+    assert {"name", "task", "architecture", "scale"} <= set(models[0])
+    tasks = {item["task"] for item in models}
+    assert tasks == {"denoise", "sr"}
+    code, stdout, _ = run("zoo", "path", models[0]["name"])
+    assert code == 0
+    assert Path(stdout.strip()).is_file()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["verify", "missing.pth", "--against", "alpha"], "model file not found: missing.pth"),
+        (["verify", "{model}", "--against", "ghost"], "no fingerprint named 'ghost'"),
+        (["register", "{model}", "--name", "alpha", *FAST], "'alpha' is already registered"),
+        (["register", "{model}", "--name", "bad name", *FAST], "invalid fingerprint name 'bad name'"),
+        (["register", "{model}", "--name", "x", "--task", "sr", *FAST], "cannot be an sr model"),
+        (["register", "{upscaler}", "--name", "x", "--task", "denoise", *FAST], "its task is sr"),
+        (["verify", "{upscaler}", "--against", "alpha"], "scale 4 but the protocol needs scale 1"),
+        (["show", "ghost"], "no fingerprint named 'ghost'"),
+        (["remove", "ghost"], "no fingerprint named 'ghost'"),
+        (["zoo", "path", "ghost"], "unknown bundled model 'ghost'"),
+        (["verify", "{model}", "--fingerprint", "missing.safetensors"], "fingerprint file not found"),
+    ],
+)
+def test_failures_exit_one_with_one_line(
+    registered: Path, model_dir: Path, arguments: list[str], message: str
+) -> None:
+    values = {"model": str(model_dir / "denoiser_a.safetensors"), "upscaler": str(model_dir / "upscaler.safetensors")}
+    filled = [argument.format(**values) for argument in arguments]
+    if filled[0] not in ("zoo",):
+        filled += ["--registry", str(registered)]
+    code, stdout, stderr = run(*filled)
+    assert code == 1
+    assert message in stderr
+    assert stderr.startswith("error: ")
+    assert stderr.count("\n") == 1
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["register", "m.pth", "--name", "x", "--protocol", "fast"],
+        ["register", "m.pth", "--name", "x", "--task", "inpaint"],
+        ["register", "m.pth"],
+        ["verify", "m.pth"],
+        ["verify", "m.pth", "--against", "a", "--fingerprint", "f.safetensors"],
+        ["export", "alpha", "--out", "picture.jpg"],
+        ["identify", "m.pth", "--top", "0"],
+        ["unknown-command"],
+    ],
+)
+def test_usage_errors_exit_two(arguments: list[str]) -> None:
+    code, _, _ = run(*arguments)
+    assert code == 2
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["verify", str(tmp_path / "missing.pth"), "--against", "a", "--debug"])
+    assert result.exit_code == 1
+    assert result.exception is not None
+    assert type(result.exception).__name__ == "NameNotFoundError"

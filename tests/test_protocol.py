@@ -1,0 +1,62 @@
+"""Protocol presets, validation and serialisation."""
+
+from __future__ import annotations
+
+import pytest
+
+from critprint.errors import InvalidInputError
+from critprint.protocol import FeatureSettings, Protocol, get_protocol
+
+
+def test_paper_preset_matches_published_settings() -> None:
+    protocol = get_protocol("paper", "denoise")
+    assert (protocol.size, protocol.iterations, protocol.learning_rate) == (128, 5000, 0.1)
+    assert (protocol.beta, protocol.tv_weight, protocol.noise_sigma) == (1.0, 1e-3, 1.0)
+    assert protocol.features == FeatureSettings(colour_bins=4, lgp_points=16, lgp_radius=2.0)
+    assert (protocol.alpha, protocol.sigma_h) == (0.05, 0.015)
+    assert protocol.constraint == "clamp"
+
+
+def test_sr_preset_has_no_noise() -> None:
+    protocol = get_protocol("paper", "sr", scale=4)
+    assert protocol.noise_sigma == 0.0
+    assert protocol.input_size == 32
+
+
+def test_round_trip_through_dict() -> None:
+    protocol = get_protocol("quick", "sr", scale=4).replace(seed=7)
+    assert Protocol.from_dict(protocol.to_dict()) == protocol
+
+
+def test_unknown_preset_lists_choices() -> None:
+    with pytest.raises(InvalidInputError, match="'paper', 'quick'"):
+        get_protocol("fast", "denoise")
+
+
+def test_unknown_key_rejected() -> None:
+    data = get_protocol("quick", "denoise").to_dict()
+    data["colour"] = 3
+    with pytest.raises(InvalidInputError, match="unknown keys \\['colour'\\]"):
+        Protocol.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"size": 4}, "invalid size 4"),
+        ({"iterations": 0}, "invalid iterations 0"),
+        ({"learning_rate": 0.0}, "invalid learning_rate"),
+        ({"noise_sigma": -1.0}, "invalid noise_sigma"),
+        ({"scale": 2}, "invalid scale 2 for task 'denoise'"),
+        ({"constraint": "box"}, "invalid constraint 'box'"),
+        ({"alpha": 1.5}, "invalid alpha"),
+    ],
+)
+def test_invalid_fields_rejected(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        get_protocol("quick", "denoise").replace(**changes)
+
+
+def test_sr_size_must_divide_by_scale() -> None:
+    with pytest.raises(InvalidInputError, match="multiple of the scale"):
+        Protocol(name="x", task="sr", size=30, iterations=1, scale=4)
