@@ -1,0 +1,644 @@
+"""Train the bundled zoo models and write their weights, manifest and cards.
+
+Run ``python -m critprint.zoo.train --all`` to rebuild every model with the
+settings recorded in ``MODEL_SPECS``, which are the settings that produced the
+shipped files. ``--model NAME`` rebuilds one model, and ``--seed``/``--steps``
+override its recorded values.
+
+Every random draw (weight initialisation, patch positions, augmentation and
+noise) comes from generators seeded by the model's seed. Bit-exact
+reproduction additionally needs the same torch version and thread count,
+because floating-point reduction order differs between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import safetensors.torch
+import spandrel
+import torch
+import torch.nn.functional as F
+from spandrel.architectures.Compact import Compact
+from spandrel.architectures.DnCNN import DnCNN
+from spandrel.architectures.NAFNet import NAFNet
+from spandrel.architectures.SPAN import SPAN
+from torch import nn
+
+from critprint.zoo.photos import HELDOUT_PHOTOS, crop_to_multiple, load_photo
+
+logger = logging.getLogger(__name__)
+
+Task = Literal["denoise", "sr"]
+
+ZOO_DIR: Final[Path] = Path(__file__).resolve().parent
+"""Folder that contains the shipped manifest, weights and cards."""
+
+MANIFEST_NAME: Final[str] = "manifest.json"
+MAX_WEIGHT_BYTES: Final[int] = 2 * 1024 * 1024
+TRAIN_THREADS: Final[int] = 1
+"""CPU threads used for the recorded training runs.
+
+On the 2-CPU training machine, 2 threads slowed a SPAN step from 0.1 s to about
+9 s whenever another process was busy, so the recorded runs use one thread.
+"""
+
+EVAL_NOISE_SEED: Final[int] = 0
+"""Seed of the noise added to held-out photos when scoring denoisers."""
+
+LOG_INTERVAL_STEPS: Final[int] = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Recorded architecture and training settings of one zoo model."""
+
+    name: str
+    task: Task
+    architecture: str
+    """Architecture id that spandrel reports for the saved weights."""
+    scale: int
+    architecture_options: dict[str, Any]
+    """Keyword arguments of the spandrel architecture class."""
+    train_photos: tuple[str, ...]
+    steps: int
+    batch_size: int
+    patch_size: int
+    """Side of the square ground-truth patch in pixels (the HR patch for SR)."""
+    learning_rate: float
+    seed: int
+    loss: Literal["l1", "mse"]
+    train_noise_sigma: float | None = None
+    """Standard deviation of the Gaussian noise on the [0, 1] scale (denoise only)."""
+
+
+MODEL_SPECS: Final[dict[str, ModelSpec]] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="dncnn",
+            task="denoise",
+            architecture="DnCNN",
+            scale=1,
+            architecture_options={
+                "in_nc": 3,
+                "out_nc": 3,
+                "nc": 32,
+                "nb": 10,
+                "act_mode": "R",
+            },
+            train_photos=("astronaut", "rocket", "stereo_motorcycle"),
+            steps=1000,
+            batch_size=16,
+            patch_size=48,
+            learning_rate=1e-3,
+            seed=1,
+            loss="mse",
+            train_noise_sigma=25 / 255,
+        ),
+        ModelSpec(
+            name="nafnet",
+            task="denoise",
+            architecture="NAFNet",
+            scale=1,
+            architecture_options={
+                "img_channel": 3,
+                "width": 16,
+                "middle_blk_num": 1,
+                "enc_blk_nums": [1, 1, 1],
+                "dec_blk_nums": [1, 1, 1],
+            },
+            train_photos=("astronaut", "stereo_motorcycle", "immunohistochemistry"),
+            steps=1500,
+            batch_size=16,
+            patch_size=48,
+            learning_rate=1e-3,
+            seed=2,
+            loss="mse",
+            train_noise_sigma=25 / 255,
+        ),
+        ModelSpec(
+            name="compact-x4",
+            task="sr",
+            architecture="Compact",
+            scale=4,
+            architecture_options={
+                "num_in_ch": 3,
+                "num_out_ch": 3,
+                "num_feat": 32,
+                "num_conv": 8,
+                "upscale": 4,
+            },
+            train_photos=("rocket", "stereo_motorcycle", "retina"),
+            steps=6000,
+            batch_size=16,
+            patch_size=64,
+            learning_rate=1e-3,
+            seed=3,
+            loss="l1",
+        ),
+        ModelSpec(
+            name="span-x4",
+            task="sr",
+            architecture="SPAN",
+            scale=4,
+            architecture_options={
+                "num_in_ch": 3,
+                "num_out_ch": 3,
+                "feature_channels": 16,
+                "upscale": 4,
+                "norm": False,
+            },
+            train_photos=("astronaut", "rocket", "stereo_motorcycle", "immunohistochemistry"),
+            steps=4000,
+            batch_size=8,
+            patch_size=64,
+            learning_rate=2e-3,
+            seed=4,
+            loss="l1",
+        ),
+    )
+}
+
+_ARCHITECTURE_CLASSES: Final[dict[str, Callable[..., nn.Module]]] = {
+    "DnCNN": DnCNN,
+    "NAFNet": NAFNet,
+    "Compact": Compact,
+    "SPAN": SPAN,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Outcome of one training run, as recorded in the manifest."""
+
+    spec: ModelSpec
+    model: nn.Module
+    train_seconds: float
+    psnr_degraded_db: float
+    psnr_restored_db: float
+    psnr_per_photo: dict[str, tuple[float, float]]
+    """Held-out photo name to (degraded, restored) PSNR in dB."""
+
+
+def build_model(spec: ModelSpec, seed: int) -> nn.Module:
+    """Create the untrained network, with initial weights drawn from ``seed``."""
+    architecture_class = _ARCHITECTURE_CLASSES[spec.architecture]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return architecture_class(**spec.architecture_options)
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Compute the PSNR in dB of two same-shape tensors on the [0, 1] scale."""
+    mse = F.mse_loss(prediction.double(), target.double()).item()
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(1.0 / mse)
+
+
+def downscale_bicubic(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Make the LR input of SR by antialiased bicubic downscaling, clamped to [0, 1].
+
+    ``hr`` is (B, 3, H, W) in [0, 1] with H and W divisible by ``scale``. The
+    result is (B, 3, H / scale, W / scale).
+    """
+    lr = F.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True)
+    return lr.clamp(0.0, 1.0)
+
+
+def upscale_bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Upscale (B, 3, h, w) to (B, 3, h * scale, w * scale) with bicubic, clamped to [0, 1]."""
+    hr = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+    return hr.clamp(0.0, 1.0)
+
+
+def add_gaussian_noise(
+    clean: torch.Tensor, sigma: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Add N(0, sigma^2) noise to ``clean`` without clipping the result."""
+    noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+    return clean + sigma * noise
+
+
+def degrade(spec: ModelSpec, clean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Make the network input for a (B, 3, H, W) ground-truth batch in [0, 1].
+
+    Denoisers get noisy images of the same size. SR models get the bicubic
+    downscaled image of size (B, 3, H / scale, W / scale).
+    """
+    if spec.task == "denoise":
+        if spec.train_noise_sigma is None:
+            raise ValueError(f"Denoiser {spec.name!r} has no train_noise_sigma")
+        return add_gaussian_noise(clean, spec.train_noise_sigma, generator)
+    return downscale_bicubic(clean, spec.scale)
+
+
+def sample_patches(
+    photos: Sequence[torch.Tensor],
+    batch_size: int,
+    patch_size: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Crop a batch of random square patches with random flips and 90-degree turns.
+
+    ``photos`` are (3, H, W) tensors at least ``patch_size`` on each side. The
+    result is (batch_size, 3, patch_size, patch_size).
+    """
+    patches = []
+    for _ in range(batch_size):
+        photo = photos[int(torch.randint(len(photos), (1,), generator=generator))]
+        top = int(torch.randint(photo.shape[1] - patch_size + 1, (1,), generator=generator))
+        left = int(torch.randint(photo.shape[2] - patch_size + 1, (1,), generator=generator))
+        patch = photo[:, top : top + patch_size, left : left + patch_size]
+
+        quarter_turns = int(torch.randint(4, (1,), generator=generator))
+        patch = torch.rot90(patch, quarter_turns, dims=(1, 2))
+        if int(torch.randint(2, (1,), generator=generator)) == 1:
+            patch = patch.flip(2)
+        patches.append(patch)
+    return torch.stack(patches)
+
+
+def _loss_function(spec: ModelSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if spec.loss == "l1":
+        return F.l1_loss
+    return F.mse_loss
+
+
+def fold_reparameterized_convs(model: nn.Module) -> None:
+    """Write the inference kernels of re-parameterised convolutions.
+
+    SPAN's ``Conv3XC`` trains a multi-branch block but stores a folded 3x3
+    ``eval_conv`` in the state dict. ``eval_conv`` is only refreshed by an
+    eval-mode forward pass, so this folds it explicitly before saving.
+    """
+    for module in model.modules():
+        update_params = getattr(module, "update_params", None)
+        if callable(update_params):
+            update_params()
+
+
+def train_model(spec: ModelSpec, seed: int, steps: int) -> tuple[nn.Module, float]:
+    """Train a fresh network from ``seed`` for ``steps`` Adam steps.
+
+    The learning rate follows a cosine decay from ``spec.learning_rate`` to 1%
+    of it. Returns the model in eval mode and the training time in seconds.
+    """
+    model = build_model(spec, seed)
+    model.train()
+    photos = [load_photo(name) for name in spec.train_photos]
+    patch_generator = torch.Generator().manual_seed(seed)
+    degradation_generator = torch.Generator().manual_seed(seed + 1_000_003)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=steps, eta_min=spec.learning_rate * 0.01
+    )
+    loss_function = _loss_function(spec)
+
+    start = time.perf_counter()
+    running_loss = 0.0
+    for step in range(1, steps + 1):
+        target = sample_patches(photos, spec.batch_size, spec.patch_size, patch_generator)
+        network_input = degrade(spec, target, degradation_generator)
+
+        loss = loss_function(model(network_input), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+        running_loss += loss.item()
+        if step % LOG_INTERVAL_STEPS == 0 or step == steps:
+            interval = LOG_INTERVAL_STEPS if step % LOG_INTERVAL_STEPS == 0 else step % LOG_INTERVAL_STEPS
+            logger.info(
+                "%s step %d/%d: mean %s loss %.5f, %.1f s elapsed",
+                spec.name,
+                step,
+                steps,
+                spec.loss,
+                running_loss / interval,
+                time.perf_counter() - start,
+            )
+            running_loss = 0.0
+    train_seconds = time.perf_counter() - start
+
+    fold_reparameterized_convs(model)
+    model.eval()
+    return model, train_seconds
+
+
+def degrade_heldout(
+    spec: ModelSpec, clean: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make (network input, degraded baseline at target size) for one held-out photo.
+
+    ``clean`` is (1, 3, H, W). For denoisers both are the unclipped noisy
+    image. For SR the baseline is the LR input upscaled back with bicubic.
+    """
+    network_input = degrade(spec, clean, generator)
+    if spec.task == "denoise":
+        return network_input, network_input
+    return network_input, upscale_bicubic(network_input, spec.scale)
+
+
+@torch.inference_mode()
+def evaluate_heldout(
+    spec: ModelSpec, model: nn.Module
+) -> dict[str, tuple[float, float]]:
+    """Score ``model`` on each full held-out photo.
+
+    Returns photo name to (degraded PSNR, restored PSNR) in dB. The restored
+    output is clamped to [0, 1]. Photos are cropped to a multiple of the scale
+    and denoiser noise is drawn from ``EVAL_NOISE_SEED``.
+    """
+    model.eval()
+    generator = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+    scores: dict[str, tuple[float, float]] = {}
+    for name in HELDOUT_PHOTOS:
+        clean = crop_to_multiple(load_photo(name), spec.scale).unsqueeze(0)
+        network_input, baseline = degrade_heldout(spec, clean, generator)
+        restored = model(network_input).clamp(0.0, 1.0)
+        scores[name] = (psnr(baseline, clean), psnr(restored, clean))
+    return scores
+
+
+def save_weights(model: nn.Module, spec: ModelSpec, path: Path) -> None:
+    """Save the state dict as safetensors and check that spandrel detects it.
+
+    Raises ``RuntimeError`` if the file exceeds ``MAX_WEIGHT_BYTES`` or
+    spandrel reports another architecture, scale or channel count.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state_dict = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    safetensors.torch.save_file(state_dict, str(path), metadata={"format": "pt"})
+    # safetensors 0.8 creates the file owner-only (0600), but it ships as package data.
+    path.chmod(0o644)
+
+    size = path.stat().st_size
+    if size >= MAX_WEIGHT_BYTES:
+        raise RuntimeError(f"{path} is {size} bytes, over the {MAX_WEIGHT_BYTES}-byte limit")
+
+    descriptor = spandrel.ModelLoader().load_from_file(path)
+    detected = (
+        descriptor.architecture.id,
+        descriptor.scale,
+        descriptor.input_channels,
+        descriptor.output_channels,
+    )
+    expected = (spec.architecture, spec.scale, 3, 3)
+    if detected != expected:
+        raise RuntimeError(
+            f"spandrel loads {path} as (architecture, scale, in, out) {detected}, "
+            f"expected {expected}"
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Count the entries of the state dict, which is what the weight file stores."""
+    return sum(tensor.numel() for tensor in model.state_dict().values())
+
+
+def manifest_entry(result: TrainResult, seed: int, steps: int) -> dict[str, Any]:
+    """Build the manifest record of one trained model."""
+    spec = result.spec
+    entry: dict[str, Any] = {
+        "name": spec.name,
+        "task": spec.task,
+        "architecture": spec.architecture,
+        "scale": spec.scale,
+        "channels": 3,
+        "file": f"weights/{spec.name}.safetensors",
+        "parameters": count_parameters(result.model),
+        "train_photos": list(spec.train_photos),
+        "heldout_photos": list(HELDOUT_PHOTOS),
+        "steps": steps,
+        "batch_size": spec.batch_size,
+        "patch_size": spec.patch_size,
+        "learning_rate": spec.learning_rate,
+        "seed": seed,
+        "loss": spec.loss,
+    }
+    if spec.train_noise_sigma is not None:
+        entry["train_noise_sigma"] = spec.train_noise_sigma
+    entry.update(
+        {
+            "psnr_degraded_db": round(result.psnr_degraded_db, 2),
+            "psnr_restored_db": round(result.psnr_restored_db, 2),
+            "architecture_options": spec.architecture_options,
+            "train_seconds": round(result.train_seconds, 1),
+        }
+    )
+    return entry
+
+
+def update_manifest(out_dir: Path, entry: dict[str, Any]) -> None:
+    """Insert or replace ``entry`` in ``out_dir/manifest.json``, ordered as ``MODEL_SPECS``."""
+    manifest_path = out_dir / MANIFEST_NAME
+    entries: list[dict[str, Any]] = []
+    if manifest_path.exists():
+        entries = json.loads(manifest_path.read_text(encoding="utf-8"))
+    entries = [existing for existing in entries if existing["name"] != entry["name"]]
+    entries.append(entry)
+
+    order = list(MODEL_SPECS)
+    entries.sort(key=lambda item: order.index(item["name"]) if item["name"] in order else len(order))
+    manifest_path.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+
+
+def describe_machine() -> str:
+    """Describe the CPU, OS and library versions of the training machine."""
+    processor = platform.processor() or platform.machine()
+    return (
+        f"{processor}, {os.cpu_count()} logical CPUs, torch threads: {torch.get_num_threads()}, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, spandrel {spandrel.__version__}"
+    )
+
+
+def reproduce_command(spec: ModelSpec, seed: int, steps: int) -> str:
+    """Return the shell command that retrains this model into the zoo folder."""
+    return f"python -m critprint.zoo.train --model {spec.name} --seed {seed} --steps {steps}"
+
+
+def _degradation_text(spec: ModelSpec) -> str:
+    if spec.task == "denoise":
+        sigma = spec.train_noise_sigma or 0.0
+        return (
+            f"additive Gaussian noise, sigma {sigma * 255:g}/255 = {sigma:.4f} on the "
+            "[0, 1] scale, not clipped"
+        )
+    return (
+        f"x{spec.scale} downscaling with `torch.nn.functional.interpolate(hr, "
+        f'scale_factor=1/{spec.scale}, mode="bicubic", antialias=True)`, clamped to [0, 1]'
+    )
+
+
+def _evaluation_text(spec: ModelSpec) -> str:
+    if spec.task == "denoise":
+        return (
+            "PSNR in dB on the full held-out photos, comparing the noisy input with the\n"
+            "model output clamped to [0, 1]. The evaluation noise is drawn with seed "
+            f"{EVAL_NOISE_SEED}."
+        )
+    return (
+        f"PSNR in dB on the full held-out photos (cropped to a multiple of {spec.scale}),\n"
+        "comparing bicubic upscaling of the LR input with the model output clamped to [0, 1]."
+    )
+
+
+def render_card(result: TrainResult, entry: dict[str, Any], weight_bytes: int) -> str:
+    """Render the Markdown model card of one trained model."""
+    spec = result.spec
+    options = json.dumps(spec.architecture_options)
+    per_photo_rows = "\n".join(
+        f"| {name} | {degraded:.2f} | {restored:.2f} | {restored - degraded:+.2f} |"
+        for name, (degraded, restored) in result.psnr_per_photo.items()
+    )
+    gain = entry["psnr_restored_db"] - entry["psnr_degraded_db"]
+    return f"""# {spec.name}
+
+{"Denoiser" if spec.task == "denoise" else f"x{spec.scale} super-resolution model"} \
+trained from scratch for the critprint model zoo.
+
+| Field | Value |
+| --- | --- |
+| Task | {spec.task} |
+| Architecture (spandrel id) | `{spec.architecture}` |
+| Architecture options | `{options}` |
+| Scale | {spec.scale} |
+| Channels in/out | 3 / 3 |
+| Parameters | {entry["parameters"]:,} |
+| Weight file | `{entry["file"]}` ({weight_bytes:,} bytes) |
+| Training photos | {", ".join(spec.train_photos)} |
+| Held-out photos | {", ".join(HELDOUT_PHOTOS)} |
+| Degradation | {_degradation_text(spec)} |
+| Steps | {entry["steps"]} |
+| Batch size | {spec.batch_size} |
+| Patch size | {spec.patch_size}x{spec.patch_size} (ground truth) |
+| Optimiser | Adam, learning rate {spec.learning_rate:g}, cosine decay to 1% |
+| Loss | {spec.loss.upper()} |
+| Seed | {entry["seed"]} |
+| Training time | {entry["train_seconds"]} s |
+
+## Held-out PSNR
+
+{_evaluation_text(spec)}
+
+| Photo | Degraded | Restored | Gain |
+| --- | --- | --- | --- |
+{per_photo_rows}
+| **Mean** | **{entry["psnr_degraded_db"]:.2f}** | **{entry["psnr_restored_db"]:.2f}** | **{gain:+.2f}** |
+
+## Reproduce
+
+```sh
+{reproduce_command(spec, entry["seed"], entry["steps"])}
+```
+
+Trained on {datetime.datetime.now(datetime.UTC).date().isoformat()} on: {describe_machine()}.
+Bit-exact weights need the same torch version and thread count.
+"""
+
+
+def run_training(name: str, seed: int | None, steps: int | None, out_dir: Path) -> TrainResult:
+    """Train, score and save one model, then update the manifest and card in ``out_dir``.
+
+    ``seed`` and ``steps`` default to the recorded values of the model.
+    """
+    spec = MODEL_SPECS[name]
+    seed = spec.seed if seed is None else seed
+    steps = spec.steps if steps is None else steps
+    logger.info("Training %s (seed %d, %d steps)", name, seed, steps)
+
+    model, train_seconds = train_model(spec, seed, steps)
+    scores = evaluate_heldout(spec, model)
+    result = TrainResult(
+        spec=spec,
+        model=model,
+        train_seconds=train_seconds,
+        psnr_degraded_db=sum(degraded for degraded, _ in scores.values()) / len(scores),
+        psnr_restored_db=sum(restored for _, restored in scores.values()) / len(scores),
+        psnr_per_photo=scores,
+    )
+
+    weight_path = out_dir / "weights" / f"{name}.safetensors"
+    save_weights(model, spec, weight_path)
+    entry = manifest_entry(result, seed, steps)
+    update_manifest(out_dir, entry)
+
+    card_path = out_dir / "cards" / f"{name}.md"
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    card_path.write_text(
+        render_card(result, entry, weight_path.stat().st_size), encoding="utf-8"
+    )
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line of ``python -m critprint.zoo.train``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m critprint.zoo.train",
+        description="Train the critprint zoo models on CPU and write weights, manifest and cards.",
+    )
+
+    selection = parser.add_mutually_exclusive_group(required=True)
+    selection.add_argument("--model", choices=list(MODEL_SPECS), help="model to train")
+    selection.add_argument(
+        "--all", action="store_true", help="train every model with its recorded seed and steps"
+    )
+    parser.add_argument("--seed", type=int, help="random seed (default: the recorded seed)")
+    parser.add_argument(
+        "--steps", type=int, help="number of optimiser steps (default: the recorded steps)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ZOO_DIR,
+        help="output folder for weights/, cards/ and manifest.json (default: the zoo folder)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=TRAIN_THREADS,
+        help=f"torch CPU threads (default: {TRAIN_THREADS}, as in the recorded runs)",
+    )
+
+    args = parser.parse_args(argv)
+    if args.all and (args.seed is not None or args.steps is not None):
+        parser.error("--all uses the recorded seeds and steps; drop --seed and --steps")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Train the selected models and print one summary line per model."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+
+    names = list(MODEL_SPECS) if args.all else [args.model]
+    for name in names:
+        result = run_training(name, args.seed, args.steps, args.out)
+        print(
+            f"{name}: {count_parameters(result.model)} parameters, held-out PSNR "
+            f"{result.psnr_degraded_db:.2f} -> {result.psnr_restored_db:.2f} dB, "
+            f"{result.train_seconds:.1f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
