@@ -29,10 +29,14 @@ ProgressFactory = Callable[[str], ProgressCallback | None]
 
 @dataclass(frozen=True)
 class DemoResult:
-    """The registered source and the verifications, pruned copy first."""
+    """The registered source and the verifications, pruned copy first.
+
+    ``labels`` names each verification's suspect for people.
+    """
 
     source: RegistryEntry
     verifications: list[Verification] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -60,4 +64,5 @@ def run_demo(workdir: str | Path, protocol: str = "quick", progress: ProgressFac
         verify_registered(str(pruned_path), source.name, registry, callback("verify pruned copy")),
         verify_registered(DEMO_INDEPENDENT, source.name, registry, callback(f"verify {DEMO_INDEPENDENT}")),
     ]
-    return DemoResult(source=source, verifications=verifications, seconds=time.perf_counter() - start)
+    labels = [f"{DEMO_SOURCE} pruned {round(DEMO_PRUNE_FRACTION * 100)} %", f"{DEMO_INDEPENDENT} (independent)"]
+    return DemoResult(source=source, verifications=verifications, labels=labels, seconds=time.perf_counter() - start)

@@ -163,7 +163,7 @@ def lgp_codes(gray: torch.Tensor, points: int = 16, radius: float = 2.0) -> torc
         [(_sample(values, dy, dx, margin) - centre).abs() for dy, dx in _neighbour_offsets(points, radius)]
     )
     # Interpolating equal values can leave residues near 1e-17, which would
-    # decide the bits of a flat neighbourhood at random; the tolerance treats
+    # decide the bits of a flat neighbourhood at random. The tolerance treats
     # such residues as equal to the mean.
     threshold = gradients.mean(dim=0, keepdim=True) - _TIE_TOLERANCE
     bits = (gradients >= threshold).to(torch.int64)

@@ -176,7 +176,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(loaded, dict):
         raise ModelLoadError(
-            f"model file {path} holds a {type(loaded).__name__}, expected a state dict; "
+            f"model file {path} contains a {type(loaded).__name__}, expected a state dict; "
             "save the model with torch.save(model.state_dict(), PATH)"
         )
     return loaded
@@ -315,10 +315,10 @@ def _load_torchscript(path: Path, source: str, task_hint: Task | None, sha256: s
 def load_model(spec: str | Path) -> ModelHandle:
     """Load a model from a file path or ``zoo:NAME``.
 
-    The file is hashed, its format detected (a zip archive with a ``code/``
-    folder is TorchScript, anything else a state dict for spandrel) and the
-    network is put in eval mode with its parameters frozen, so a backward
-    pass computes gradients for the input only.
+    The file is hashed and its format detected: a zip archive with a
+    ``code/`` folder is TorchScript, anything else a state dict for spandrel.
+    The network is put in eval mode with its parameters frozen, so a
+    backward pass computes gradients for the input only.
 
     Raises:
         ModelLoadError: If the file is missing, empty, unreadable or of an

@@ -42,9 +42,9 @@ TASKS: tuple[str, ...] = get_args(Task)
 Constraint = Literal["none", "clamp"]
 """How the critical image is kept in range during the optimisation.
 
-``clamp`` projects it onto [0, 1] after every Adam step, which solves the
-objective over [0, 1] images as the paper states it; ``none`` leaves it
-unconstrained (as the authors' published script does) and clamps only for
+``clamp`` projects it onto [0, 1] after every Adam step, so the objective is
+solved over [0, 1] images as the paper states it. ``none`` leaves it
+unconstrained, as the authors' published script does, and clamps only for
 features and pictures. On the bundled DnCNN, ``none`` put its 10 %-pruned copy
 at d / eta = 4.6 (judged independent) while ``clamp`` put it at 0.01; see
 docs/method.md.

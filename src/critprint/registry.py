@@ -6,7 +6,7 @@ Layout of a registry folder::
     fingerprints/           the fingerprint files, named NAME-RANDOM.safetensors
 
 A registration writes the file under a temporary name, renames it, then
-inserts the row in one transaction; if the insert fails the file is removed,
+inserts the row in one transaction. If the insert fails, the file is removed,
 so the registry never lists a fingerprint without its file. Each row stores
 the SHA-256 of its file, and reading a fingerprint checks it.
 """

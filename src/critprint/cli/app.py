@@ -1,7 +1,8 @@
 """Commands of the ``critprint`` tool.
 
-Exit status: 0 on success whatever the verdict, 1 on a failure (one line on
-standard error; ``--debug`` shows the traceback), 2 on a usage error.
+Exit status: 0 on success whatever the verdict, 1 on a failure and 2 on a
+usage error. A failure prints one line on standard error, and ``--debug``
+shows its traceback.
 """
 
 from __future__ import annotations
@@ -334,7 +335,9 @@ def demo(
     if json_output:
         print_json({
             "source": result.source.to_dict(),
-            "verifications": [row.to_dict() for row in result.verifications],
+            "verifications": [
+                {**row.to_dict(), "label": label} for row, label in zip(result.verifications, result.labels, strict=True)
+            ],
             "elapsed_seconds": result.seconds,
         })
         return
@@ -342,7 +345,7 @@ def demo(
         f"Suspects against {result.source.model_source} (registered as {result.source.name!r}, "
         f"protocol {result.source.protocol}); pruned copy: {round(DEMO_PRUNE_FRACTION * 100)} % smallest weights zeroed"
     )
-    stdout.print(verification_table(result.verifications, title=title))
+    stdout.print(verification_table(result.verifications, title=title, labels=result.labels))
     stdout.print(f"derived means d < eta; finished in {result.seconds:.1f} s")
 
 

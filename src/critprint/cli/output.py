@@ -19,7 +19,13 @@ from critprint.extraction import ProgressCallback
 
 __all__ = ["stdout", "stderr", "ExtractionProgress", "print_json", "verification_table", "fail_on_errors"]
 
+# Rich wraps at 80 columns when output is not a terminal; tables of paths and
+# hashes read better unwrapped in logs and CI output.
+_PIPE_WIDTH = 160
+
 stdout = Console(highlight=False, soft_wrap=True)
+if not stdout.is_terminal:
+    stdout = Console(highlight=False, soft_wrap=True, width=_PIPE_WIDTH)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -67,8 +73,13 @@ class ExtractionProgress:
         return update
 
 
-def verification_table(rows: list[Verification], title: str | None = None) -> Table:
-    """Return a table of verifications: suspect, source, d, eta, d/eta, P and verdict."""
+def verification_table(
+    rows: list[Verification], title: str | None = None, labels: list[str] | None = None
+) -> Table:
+    """Return a table of verifications: suspect, source, d, eta, d/eta, P and verdict.
+
+    ``labels`` replaces the suspects' sources in the first column.
+    """
     table = Table(title=title)
     table.add_column("suspect")
     table.add_column("source")
@@ -77,10 +88,11 @@ def verification_table(rows: list[Verification], title: str | None = None) -> Ta
     table.add_column("d/eta", justify="right")
     table.add_column("P[Z<=z]", justify="right")
     table.add_column("verdict")
-    for row in rows:
+    names = labels if labels is not None else [row.suspect for row in rows]
+    for row, name in zip(rows, names, strict=True):
         colour = "red" if row.verdict == "derived" else "green"
         table.add_row(
-            row.suspect,
+            name,
             row.source,
             f"{row.distance:.3e}",
             f"{row.threshold:.3e}",

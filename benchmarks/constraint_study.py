@@ -1,0 +1,72 @@
+"""Compare the two ways of keeping the critical image in range.
+
+For each bundled source model, register it with the ``quick`` protocol under
+each constraint (``clamp``: projected onto [0, 1] after every step; ``none``:
+unconstrained, clamped only for the features), then verify its 5 % and 10 %
+magnitude-pruned copies and every other bundled model of the same task.
+
+Usage:
+    python benchmarks/constraint_study.py [--json] [--sources dncnn,compact-x4]
+
+Prints d / eta for each pair; below 1 means the pair is judged derived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from critprint import zoo
+from critprint.api import fingerprint_model, resolve_protocol, verify
+from critprint.attacks import prune_magnitude
+from critprint.models import load_model, read_state_dict, save_state_dict
+
+PRUNE_FRACTIONS = (0.05, 0.10)
+
+
+def study(source: str, workdir: Path) -> list[dict[str, object]]:
+    """Return one row per (constraint, suspect) for a bundled source model."""
+    entry = zoo.get_entry(source)
+    suspects: list[tuple[str, str]] = []
+    for fraction in PRUNE_FRACTIONS:
+        path = workdir / f"{source}-pruned-{round(fraction * 100)}.safetensors"
+        save_state_dict(prune_magnitude(read_state_dict(f"zoo:{source}"), fraction), path)
+        suspects.append((f"{source} pruned {round(fraction * 100)} %", str(path)))
+    suspects += [(other.name, f"zoo:{other.name}") for other in zoo.list_models()
+                 if other.task == entry.task and other.name != source]
+
+    handle = load_model(f"zoo:{source}")
+    rows = []
+    for constraint in ("clamp", "none"):
+        protocol = resolve_protocol(handle, "quick").replace(constraint=constraint)
+        fingerprint = fingerprint_model(handle, protocol)
+        for label, path in suspects:
+            result = verify(path, fingerprint, source)
+            rows.append({"source": source, "constraint": constraint, "suspect": label,
+                         "ratio": result.ratio, "verdict": result.verdict})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", default="dncnn,compact-x4", help="comma-separated bundled source models")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    arguments = parser.parse_args()
+
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for source in arguments.sources.split(","):
+            rows += study(source, Path(workdir))
+    if arguments.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print("| source | constraint | suspect | d/eta | verdict |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['source']} | {row['constraint']} | {row['suspect']} | {row['ratio']:.3f} | {row['verdict']} |")
+
+
+if __name__ == "__main__":
+    main()
