@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from critprint.cli import app
+from critprint.fingerprint import load_fingerprint
 
 runner = CliRunner()
 
@@ -112,6 +113,10 @@ def test_list_show_export_remove(registered: Path, tmp_path: Path) -> None:
     with Image.open(picture) as image:
         assert image.size == (24, 24)
         assert image.mode == "RGB"
+    copy = tmp_path / "alpha.safetensors"
+    code, _, _ = run("export", "alpha", "--out", copy, "--registry", registered)
+    assert code == 0
+    assert load_fingerprint(copy).features.tolist() == details["features"]
     code, _, _ = run("remove", "alpha", "--registry", registered)
     assert code == 0
     _, stdout, _ = run("list", "--registry", registered, "--json")

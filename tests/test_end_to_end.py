@@ -1,32 +1,52 @@
-"""End to end on the bundled models with the quick protocol."""
+"""End to end on the bundled models with the quick protocol, through the CLI."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from critprint.api import register, verify_registered
 from critprint.attacks import prune_magnitude
+from critprint.cli import app
 from critprint.models import read_state_dict, save_state_dict
-from critprint.registry import Registry
+
+runner = CliRunner()
+
+# (source, independent model of the same task)
+PAIRS = [("dncnn", "nafnet"), ("compact-x4", "span-x4")]
+
+
+def verify_json(suspect: str, name: str, registry: Path) -> dict[str, object]:
+    result = runner.invoke(app, ["verify", suspect, "--against", name, "--registry", str(registry), "--json"])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    store = Registry(tmp_path_factory.mktemp("registry"))
-    register("zoo:dncnn", "dncnn", store, protocol="quick")
-    return store
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("registry")
+    for source, _ in PAIRS:
+        result = runner.invoke(
+            app, ["register", f"zoo:{source}", "--name", source, "--protocol", "quick", "--registry", str(folder)]
+        )
+        assert result.exit_code == 0, result.stderr
+    return folder
 
 
-def test_pruned_copy_is_derived(registry: Registry, tmp_path: Path) -> None:
-    pruned = save_state_dict(prune_magnitude(read_state_dict("zoo:dncnn"), 0.10), tmp_path / "pruned.safetensors")
-    result = verify_registered(str(pruned), "dncnn", registry)
-    assert result.verdict == "derived"
-    assert result.ratio < 1
+@pytest.mark.parametrize(("source", "independent"), PAIRS)
+def test_pruned_copy_is_derived(registry: Path, tmp_path: Path, source: str, independent: str) -> None:
+    pruned = save_state_dict(
+        prune_magnitude(read_state_dict(f"zoo:{source}"), 0.10), tmp_path / f"{source}-pruned.safetensors"
+    )
+    result = verify_json(str(pruned), source, registry)
+    assert result["verdict"] == "derived"
+    assert result["ratio"] < 1
 
 
-def test_independent_model_is_independent(registry: Registry) -> None:
-    result = verify_registered("zoo:nafnet", "dncnn", registry)
-    assert result.verdict == "independent"
-    assert result.ratio > 1
+@pytest.mark.parametrize(("source", "independent"), PAIRS)
+def test_independent_model_is_independent(registry: Path, source: str, independent: str) -> None:
+    result = verify_json(f"zoo:{independent}", source, registry)
+    assert result["verdict"] == "independent"
+    assert result["ratio"] > 1

@@ -31,6 +31,28 @@ def test_round_trip(tmp_path: Path, record) -> None:  # noqa: ANN001
     assert loaded.created_at == record.created_at
 
 
+def test_same_model_gives_identical_record(record, model_dir: Path) -> None:  # noqa: ANN001
+    again = fingerprint_model(model_dir / "denoiser_a.safetensors", record.protocol)
+    assert torch.equal(again.critical_image, record.critical_image)
+    assert torch.equal(again.features, record.features)
+    assert again.protocol == record.protocol
+    assert again.model == record.model
+    assert again.loss == record.loss
+
+
+def test_gray_model_has_22_features(tmp_path: Path) -> None:
+    from spandrel.architectures.DnCNN import DnCNN
+
+    from critprint.models import save_state_dict
+
+    torch.manual_seed(0)
+    path = save_state_dict(DnCNN(in_nc=1, out_nc=1, nc=8, nb=8).state_dict(), tmp_path / "gray.safetensors")
+    gray = fingerprint_model(path, Protocol(name="test", task="denoise", size=24, iterations=5))
+    assert gray.critical_image.shape == (1, 24, 24)
+    assert gray.features.shape == (22,)
+    assert gray.model.input_channels == 1
+
+
 def test_record_holds_identity(record, model_dir: Path) -> None:  # noqa: ANN001
     assert record.model.architecture == "DnCNN"
     assert len(record.model.sha256) == 64

@@ -21,7 +21,7 @@ from critprint import __version__, api, zoo
 from critprint.cli.output import ExtractionProgress, fail_on_errors, print_json, stderr, stdout, verification_table
 from critprint.demo import DEMO_PRUNE_FRACTION, run_demo
 from critprint.errors import ModelLoadError
-from critprint.fingerprint import load_fingerprint
+from critprint.fingerprint import load_fingerprint, save_fingerprint
 from critprint.images import write_png
 from critprint.models import load_model
 from critprint.registry import Registry
@@ -252,19 +252,29 @@ def show(
 @app.command()
 def export(
     name: Annotated[str, typer.Argument(help="Registered fingerprint name.")],
-    out: Annotated[Path, typer.Option("--out", help="PNG file to write the critical image to.")],
-    scale: Annotated[int, typer.Option("--scale", min=1, help="Enlarge the picture by this integer factor.")] = 1,
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="File to write: .png for the critical image, .safetensors for the fingerprint."),
+    ],
+    scale: Annotated[int, typer.Option("--scale", min=1, help="Enlarge the PNG picture by this integer factor.")] = 1,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Write a registered fingerprint's critical image as a PNG picture."""
+    """Write a registered fingerprint's critical image as PNG, or the fingerprint file itself.
+
+    A .safetensors copy can be verified against elsewhere with `critprint verify --fingerprint FILE`.
+    """
     _configure_logging(debug)
-    if out.suffix.lower() != ".png":
-        raise typer.BadParameter(f"expected a .png file name, got {str(out)!r}", param_hint="--out")
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".safetensors"):
+        raise typer.BadParameter(f"expected a .png or .safetensors file name, got {str(out)!r}", param_hint="--out")
     with fail_on_errors(debug):
         record = _registry(registry).load(name)
-        path = write_png(record.critical_image, out, scale=scale)
+        if suffix == ".png":
+            path = write_png(record.critical_image, out, scale=scale)
+        else:
+            path = save_fingerprint(record, out)
     if json_output:
         print_json({"name": name, "path": str(path)})
         return
