@@ -189,3 +189,11 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.exception is not None
     assert type(result.exception).__name__ == "NameNotFoundError"
+
+
+def test_registry_file_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("not a folder")
+    code, _, stderr = run("list", "--registry", path)
+    assert code == 1
+    assert "is a file; pass a folder with --registry DIR" in stderr

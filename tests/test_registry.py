@@ -88,6 +88,19 @@ def test_read_only_folder_reported(tmp_path: Path, record: Fingerprint) -> None:
         Registry(blocker / "registry").add("alpha", record)
 
 
+def test_file_as_registry_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("not a folder")
+    with pytest.raises(RegistryError, match="is a file; pass a folder"):
+        Registry(path).entries()
+
+
+def test_corrupt_database_reported(tmp_path: Path) -> None:
+    (tmp_path / "registry.sqlite3").write_bytes(b"this is not a SQLite database" * 100)
+    with pytest.raises(RegistryError, match="is corrupt"):
+        Registry(tmp_path).entries()
+
+
 def test_default_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRITPRINT_HOME", str(tmp_path / "home"))
     assert Registry().root == tmp_path / "home"

@@ -131,6 +131,8 @@ class Registry:
 
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"registry path {self.root} is a file; pass a folder with --registry DIR")
         if write:
             try:
                 self.files.mkdir(parents=True, exist_ok=True)
@@ -155,6 +157,10 @@ class Registry:
         except sqlite3.OperationalError as error:
             raise RegistryError(
                 f"cannot use registry {self.database}: {error}; check that the folder is writable"
+            ) from None
+        except sqlite3.DatabaseError as error:
+            raise RegistryError(
+                f"registry database {self.database} is corrupt ({error}); restore it from a backup"
             ) from None
         finally:
             connection.close()
