@@ -144,7 +144,7 @@ def test_zoo_list_and_path() -> None:
         (["register", "{model}", "--name", "bad name", *FAST], "invalid fingerprint name 'bad name'"),
         (["register", "{model}", "--name", "x", "--task", "sr", *FAST], "cannot be an sr model"),
         (["register", "{upscaler}", "--name", "x", "--task", "denoise", *FAST], "its task is sr"),
-        (["verify", "{upscaler}", "--against", "alpha"], "scale 4 but the protocol needs scale 1"),
+        (["verify", "{upscaler}", "--against", "alpha"], "is a denoise fingerprint of a scale-1 model"),
         (["show", "ghost"], "no fingerprint named 'ghost'"),
         (["remove", "ghost"], "no fingerprint named 'ghost'"),
         (["zoo", "path", "ghost"], "unknown bundled model 'ghost'"),
@@ -197,3 +197,35 @@ def test_registry_file_rejected(tmp_path: Path) -> None:
     code, _, stderr = run("list", "--registry", path)
     assert code == 1
     assert "is a file; pass a folder with --registry DIR" in stderr
+
+
+def test_register_task_option_used(tmp_path: Path) -> None:
+    import torch
+    from spandrel.architectures.Compact import Compact
+
+    from critprint.models import save_state_dict
+
+    torch.manual_seed(0)
+    path = save_state_dict(Compact(num_feat=8, num_conv=2, upscale=1).state_dict(), tmp_path / "plain.safetensors")
+    code, _, stderr = run("register", path, "--name", "plain", "--registry", tmp_path / "r", *FAST)
+    assert code == 1
+    assert "pass --task denoise" in stderr
+    code, stdout, stderr = run(
+        "register", path, "--name", "plain", "--task", "denoise", "--registry", tmp_path / "r", "--json", *FAST
+    )
+    assert code == 0, stderr
+    assert json.loads(stdout)["task"] == "denoise"
+
+
+def test_fingerprint_file_keeps_registered_name(registered: Path, model_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.safetensors"
+    run("export", "alpha", "--out", copy, "--registry", registered)
+    code, stdout, _ = run("verify", model_dir / "denoiser_a.pth", "--fingerprint", copy, "--json")
+    assert code == 0
+    assert json.loads(stdout)["source"] == "alpha"
+
+
+def test_zoo_path_json() -> None:
+    code, stdout, _ = run("zoo", "path", "dncnn", "--json")
+    assert code == 0
+    assert Path(json.loads(stdout)["path"]).is_file()

@@ -79,9 +79,23 @@ def test_pickle_with_code_rejected_without_running(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     path = tmp_path / "hostile.pth"
     torch.save({"model.0.weight": _MarkerPayload(marker)}, path)
-    with pytest.raises(ModelLoadError, match="cannot read model file"):
+    with pytest.raises(ModelLoadError, match="contains Python objects other than tensors"):
         load_model(path)
     assert not marker.exists()
+
+
+def test_text_file_as_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "notes.pth"
+    path.write_text("these are notes, not weights")
+    with pytest.raises(ModelLoadError, match="notes.pth is not a readable PyTorch checkpoint"):
+        load_model(path)
+
+
+def test_whole_pickled_module_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "whole.pth"
+    torch.save(tiny_denoiser(1), path)
+    with pytest.raises(ModelLoadError, match=r"re-save it with torch.save\(model.state_dict\(\), PATH\)"):
+        load_model(path)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -99,7 +113,7 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_corrupt_file(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
-    with pytest.raises(ModelLoadError, match="cannot read model file"):
+    with pytest.raises(ModelLoadError, match="is not a valid safetensors file"):
         load_model(path)
 
 

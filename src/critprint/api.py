@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from critprint.decision import Decision, Verdict, decide
-from critprint.errors import IncompatibleModelError
+from critprint.errors import FingerprintFormatError, IncompatibleModelError, RegistryError
 from critprint.extraction import ProgressCallback, check_compatible, extract_critical_image
 from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint, ModelIdentity, now_utc, software_versions
@@ -77,14 +77,14 @@ def resolve_protocol(handle: ModelHandle, protocol: str | Protocol = "quick", ta
         InvalidInputError: If the preset name is unknown.
         IncompatibleModelError: If the task or scale does not fit the model.
     """
-    resolved_task = infer_task(handle, task)
     if isinstance(protocol, Protocol):
+        resolved_task = infer_task(handle, task or protocol.task)
         if protocol.task != resolved_task:
             raise IncompatibleModelError(
                 f"protocol task {protocol.task!r} does not match the model's task {resolved_task!r}"
             )
         return protocol
-    return get_protocol(protocol, resolved_task, scale=handle.scale)
+    return get_protocol(protocol, infer_task(handle, task), scale=handle.scale)
 
 
 def _identity(handle: ModelHandle) -> ModelIdentity:
@@ -178,6 +178,12 @@ def _check_suspect(source: Fingerprint, suspect: ModelHandle) -> None:
             f"suspect {suspect.source} has {suspect.input_channels} channels but the source fingerprint was "
             f"made from a {source.model.input_channels}-channel model; compare models with equal channels"
         )
+    if suspect.scale != source.protocol.scale:
+        raise IncompatibleModelError(
+            f"suspect {suspect.source} has scale {suspect.scale} but the source fingerprint is a "
+            f"{source.protocol.task} fingerprint of a scale-{source.protocol.scale} model; "
+            "compare models of the same task and scale"
+        )
     check_compatible(suspect, source.protocol)
 
 
@@ -247,7 +253,12 @@ def identify(
             logger.info("skipping %s: scale %d and %d channels do not match the suspect", entry.name,
                         entry.scale, entry.channels)
             continue
-        groups.setdefault(entry.protocol_json, []).append((entry, registry.load(entry.name)))
+        try:
+            fingerprint = registry.load(entry.name)
+        except (RegistryError, FingerprintFormatError) as error:
+            logger.warning("skipping %s: %s", entry.name, error)
+            continue
+        groups.setdefault(entry.protocol_json, []).append((entry, fingerprint))
 
     results: list[Verification] = []
     for members in groups.values():

@@ -70,6 +70,7 @@ class Fingerprint:
         created_at: ISO 8601 UTC time of the extraction.
         loss: Final objective value.
         seconds: Extraction time.
+        name: The name it was registered under, or "" before registration.
     """
 
     critical_image: torch.Tensor
@@ -80,6 +81,7 @@ class Fingerprint:
     created_at: str = ""
     loss: float = float("nan")
     seconds: float = 0.0
+    name: str = ""
 
     @property
     def task(self) -> str:
@@ -97,6 +99,7 @@ class Fingerprint:
             "created_at": self.created_at,
             "loss": self.loss,
             "seconds": self.seconds,
+            "name": self.name,
         }
 
 
@@ -195,6 +198,7 @@ def fingerprint_from_bytes(data: bytes, label: str = "<bytes>") -> Fingerprint:
             created_at=str(meta.get("created_at", "")),
             loss=float(meta.get("loss", float("nan"))),
             seconds=float(meta.get("seconds", 0.0)),
+            name=str(meta.get("name", "")),
         )
     except FingerprintFormatError:
         raise

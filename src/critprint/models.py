@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,12 +170,30 @@ def _freeze(module: nn.Module) -> nn.Module:
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict without executing code from the file."""
     if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as error:
+            raise ModelLoadError(
+                f"model file {path} is not a valid safetensors file ({_first_line(error)}); "
+                "check that the file is complete"
+            ) from None
     # weights_only=True uses torch's restricted unpickler: a file that names
     # any global outside tensors and plain containers raises instead of running.
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(
+            f"model file {path} contains Python objects other than tensors, which critprint does not load "
+            "because unpickling them could run code; re-save it with torch.save(model.state_dict(), PATH)"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - torch raises many types for damaged files
+        raise ModelLoadError(
+            f"model file {path} is not a readable PyTorch checkpoint ({type(error).__name__}); "
+            "check that the file is complete and was saved with torch.save"
+        ) from None
     if not isinstance(loaded, dict):
         raise ModelLoadError(
             f"model file {path} contains a {type(loaded).__name__}, expected a state dict; "
@@ -270,7 +290,10 @@ def _load_spandrel(path: Path, source: str, task_hint: Task | None, sha256: str)
 
 def _load_torchscript(path: Path, source: str, task_hint: Task | None, sha256: str) -> ModelHandle:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch 2.14 marks torch.jit.load as deprecated; the warning is not the user's concern.
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # noqa: BLE001 - TorchScript raises several unrelated types
         raise ModelLoadError(f"cannot read TorchScript file {source}: {_first_line(error)}") from error
     module = _freeze(module)

@@ -13,6 +13,7 @@ the SHA-256 of its file, and reading a fingerprint checks it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -193,7 +194,7 @@ class Registry:
             RegistryError: If the registry cannot be written.
         """
         check_name(name)
-        data = fingerprint_bytes(fingerprint)
+        data = fingerprint_bytes(dataclasses.replace(fingerprint, name=name))
         file_name = f"{name}-{uuid.uuid4().hex[:12]}.safetensors"
         path = self.files / file_name
         with self._connect(write=True) as connection:
@@ -253,7 +254,8 @@ class Registry:
             row = connection.execute("SELECT * FROM fingerprints WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NameNotFoundError(
-                f"no fingerprint named {name!r} in registry {self.root}; run `critprint list` to see the names"
+                f"no fingerprint named {name!r} in registry {self.root}; "
+                f"run `critprint list --registry {self.root}` to see the names"
             )
         return self._row_to_entry(row)
 

@@ -18,7 +18,14 @@ import typer
 from rich.table import Table
 
 from critprint import __version__, api, zoo
-from critprint.cli.output import ExtractionProgress, fail_on_errors, print_json, stderr, stdout, verification_table
+from critprint.cli.output import (
+    ExtractionProgress,
+    fail_on_errors,
+    print_json,
+    stdout,
+    usage_error,
+    verification_table,
+)
 from critprint.demo import DEMO_PRUNE_FRACTION, run_demo
 from critprint.errors import ModelLoadError
 from critprint.fingerprint import load_fingerprint, save_fingerprint
@@ -34,8 +41,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help lists flags without the "<bool>" type hints that
+    # Typer's rich help shows, which read as if the flags took a value.
+    rich_markup_mode=None,
 )
-zoo_app = typer.Typer(help="List the models bundled with critprint.", no_args_is_help=True)
+zoo_app = typer.Typer(help="List the models bundled with critprint.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(zoo_app, name="zoo")
 
 
@@ -88,7 +98,7 @@ def _root(
 
 @app.command()
 def register(
-    model: Annotated[str, typer.Argument(help="Model file (.pth, .pt, .ckpt, .safetensors, TorchScript) or zoo:NAME.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.pth, .pt, .ckpt, .safetensors, TorchScript) or zoo:NAME.")],
     name: Annotated[str, typer.Option("--name", help="Unique name for the fingerprint.")],
     task: TaskOption = None,
     protocol: Annotated[ProtocolName, typer.Option("--protocol", help="Extraction protocol preset.")] = ProtocolName.quick,
@@ -132,7 +142,7 @@ def register(
 
 @app.command()
 def verify(
-    suspect: Annotated[str, typer.Argument(help="Suspect model file or zoo:NAME.")],
+    suspect: Annotated[str, typer.Argument(metavar="SUSPECT", help="Suspect model file or zoo:NAME.")],
     against: Annotated[Optional[str], typer.Option("--against", help="Name of the registered source fingerprint.")] = None,
     fingerprint: Annotated[
         Optional[Path], typer.Option("--fingerprint", help="Source fingerprint file, instead of --against.")
@@ -148,12 +158,12 @@ def verify(
     """
     _configure_logging(debug)
     if (against is None) == (fingerprint is None):
-        raise typer.BadParameter("pass exactly one of --against NAME or --fingerprint FILE", param_hint="--against")
+        usage_error("pass exactly one of --against NAME or --fingerprint FILE")
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         callback = progress.callback(f"verify {suspect}")
         if fingerprint is not None:
             source = load_fingerprint(fingerprint)
-            result = api.verify(suspect, source, fingerprint.stem, callback)
+            result = api.verify(suspect, source, source.name or fingerprint.stem, callback)
         else:
             result = api.verify_registered(suspect, against or "", _registry(registry), callback)
     if json_output:
@@ -164,7 +174,7 @@ def verify(
 
 @app.command()
 def identify(
-    suspect: Annotated[str, typer.Argument(help="Suspect model file or zoo:NAME.")],
+    suspect: Annotated[str, typer.Argument(metavar="SUSPECT", help="Suspect model file or zoo:NAME.")],
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="Show only the K closest fingerprints.")] = None,
     task: TaskOption = None,
     registry: RegistryOption = None,
@@ -220,7 +230,7 @@ def list_fingerprints(
 
 @app.command()
 def show(
-    name: Annotated[str, typer.Argument(help="Registered fingerprint name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Registered fingerprint name.")],
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -246,12 +256,17 @@ def show(
     for key, value in details.items():
         if key == "features":
             value = " ".join(f"{item:.4f}" for item in record.features.tolist())
+        if isinstance(value, dict):
+            stdout.print(f"{key}:", markup=False)
+            for inner_key, inner_value in value.items():
+                stdout.print(f"  {inner_key}: {inner_value}", markup=False)
+            continue
         stdout.print(f"{key}: {value}", markup=False)
 
 
 @app.command()
 def export(
-    name: Annotated[str, typer.Argument(help="Registered fingerprint name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Registered fingerprint name.")],
     out: Annotated[
         Path,
         typer.Option("--out", help="File to write: .png for the critical image, .safetensors for the fingerprint."),
@@ -268,7 +283,7 @@ def export(
     _configure_logging(debug)
     suffix = out.suffix.lower()
     if suffix not in (".png", ".safetensors"):
-        raise typer.BadParameter(f"expected a .png or .safetensors file name, got {str(out)!r}", param_hint="--out")
+        usage_error(f"invalid --out {str(out)!r}: expected a .png or .safetensors file name")
     with fail_on_errors(debug):
         record = _registry(registry).load(name)
         if suffix == ".png":
@@ -283,7 +298,7 @@ def export(
 
 @app.command()
 def remove(
-    name: Annotated[str, typer.Argument(help="Registered fingerprint name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Registered fingerprint name.")],
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -315,7 +330,8 @@ def zoo_list(json_output: JsonOption = False) -> None:
 
 @zoo_app.command("path")
 def zoo_path(
-    name: Annotated[str, typer.Argument(help="Bundled model name, as `critprint zoo list` shows it.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Bundled model name, as `critprint zoo list` shows it.")],
+    json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Print the path of a bundled model's weight file."""
@@ -323,6 +339,9 @@ def zoo_path(
         path = zoo.model_path(name)
         if not path.exists():
             raise ModelLoadError(f"bundled model file is missing: {path}; reinstall critprint")
+    if json_output:
+        print_json({"name": name, "path": str(path)})
+        return
     stdout.print(str(path), markup=False)
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,7 +17,15 @@ from critprint.api import Verification
 from critprint.errors import CritprintError
 from critprint.extraction import ProgressCallback
 
-__all__ = ["stdout", "stderr", "ExtractionProgress", "print_json", "verification_table", "fail_on_errors"]
+__all__ = [
+    "stdout",
+    "stderr",
+    "ExtractionProgress",
+    "print_json",
+    "verification_table",
+    "usage_error",
+    "fail_on_errors",
+]
 
 # Rich wraps at 80 columns when output is not a terminal; tables of paths and
 # hashes read better unwrapped in logs and CI output.
@@ -101,6 +109,12 @@ def verification_table(
             f"[{colour}]{row.verdict}[/{colour}]",
         )
     return table
+
+
+def usage_error(message: str) -> NoReturn:
+    """Print a usage error on standard error and exit with status 2."""
+    stderr.print(f"error: {message} (see --help)", markup=False)
+    raise typer.Exit(code=2)
 
 
 @contextmanager
