@@ -1,10 +1,10 @@
 """The fingerprint record and its file format.
 
-A fingerprint file is a safetensors file with two tensors, ``critical_image``
+A fingerprint file is a safetensors file with two tensors: ``critical_image``
 (float32, shape (C, H, W), values in [0, 1]) and ``features`` (float64, shape
-(L,)), and its metadata under the key ``critprint``: a JSON object holding the
-format version, the full protocol (seed included), the model's identity, the
-software versions and the creation time. Files are written to a temporary name
+(L,)). Its metadata key ``critprint`` contains a JSON object with the format
+version, the full protocol (seed included), the model's identity, the software
+versions, the creation time and the registered name. Files are written to a temporary name
 and renamed, so a reader never sees half a file.
 """
 
@@ -42,7 +42,7 @@ _FORMAT_NAME = "critprint-fingerprint"
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What identifies the model a fingerprint was extracted from."""
+    """Identity of the model a fingerprint was extracted from."""
 
     source: str
     sha256: str
