@@ -83,10 +83,6 @@ def _configure_logging(debug: bool) -> None:
     )
 
 
-def _registry(path: Path | None) -> Registry:
-    return Registry(path)
-
-
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
@@ -121,8 +117,7 @@ def register(
     _configure_logging(debug)
     start = time.perf_counter()
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
-        store = _registry(registry)
-        store.ensure_available(name)
+        store = Registry(registry)
         handle = load_model(model)
         settings = api.resolve_protocol(handle, protocol.value, task.value if task else None)
         overrides = {
@@ -165,7 +160,7 @@ def verify(
             source = load_fingerprint(fingerprint)
             result = api.verify(suspect, source, source.name or fingerprint.stem, callback)
         else:
-            result = api.verify_registered(suspect, against or "", _registry(registry), callback)
+            result = api.verify_registered(suspect, against or "", Registry(registry), callback)
     if json_output:
         print_json(result.to_dict())
         return
@@ -187,7 +182,7 @@ def identify(
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         results = api.identify(
             suspect,
-            _registry(registry),
+            Registry(registry),
             top=top,
             task=task.value if task else None,
             progress=progress.callback(f"identify {suspect}"),
@@ -210,7 +205,7 @@ def list_fingerprints(
     """List the registered fingerprints."""
     _configure_logging(debug)
     with fail_on_errors(debug):
-        entries = _registry(registry).entries()
+        entries = Registry(registry).entries()
     if json_output:
         print_json([entry.to_dict() for entry in entries])
         return
@@ -238,7 +233,7 @@ def show(
     """Show a registered fingerprint: model, protocol, versions and features."""
     _configure_logging(debug)
     with fail_on_errors(debug):
-        store = _registry(registry)
+        store = Registry(registry)
         entry = store.get(name)
         record = store.load(name)
     details = {
@@ -285,7 +280,7 @@ def export(
     if suffix not in (".png", ".safetensors"):
         usage_error(f"invalid --out {str(out)!r}: expected a .png or .safetensors file name")
     with fail_on_errors(debug):
-        record = _registry(registry).load(name)
+        record = Registry(registry).load(name)
         if suffix == ".png":
             path = write_png(record.critical_image, out, scale=scale)
         else:
@@ -306,7 +301,7 @@ def remove(
     """Remove a fingerprint from the registry and delete its file."""
     _configure_logging(debug)
     with fail_on_errors(debug):
-        entry = _registry(registry).remove(name)
+        entry = Registry(registry).remove(name)
     if json_output:
         print_json(entry.to_dict())
         return
