@@ -229,3 +229,18 @@ def test_zoo_path_json() -> None:
     code, stdout, _ = run("zoo", "path", "dncnn", "--json")
     assert code == 0
     assert Path(json.loads(stdout)["path"]).is_file()
+
+
+def test_check_exit_status(registered: Path) -> None:
+    code, stdout, _ = run("check", "--registry", registered, "--json")
+    assert code == 0
+    assert json.loads(stdout) == [{"name": "alpha", "status": "ok", "message": ""}]
+    _, stdout, _ = run("show", "alpha", "--registry", registered, "--json")
+    path = Path(json.loads(stdout)["path"])
+    path.write_bytes(path.read_bytes() + b"tampered")
+    code, stdout, _ = run("check", "--registry", registered)
+    assert code == 1
+    assert "alpha: altered" in stdout
+    code, _, stderr = run("verify", path, "--against", "alpha", "--registry", registered)
+    assert code == 1
+    assert "altered since registration" in stderr

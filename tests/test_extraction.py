@@ -81,3 +81,21 @@ def test_nan_model_rejected(model_dir: Path, fast_denoise: Protocol) -> None:
     handle.call = lambda module, image: module(image) * float("nan")
     with pytest.raises(IncompatibleModelError, match="non-finite objective"):
         extract_critical_image(handle, fast_denoise)
+
+
+def test_thread_count_keeps_verdict(model_dir: Path, fast_denoise: Protocol) -> None:
+    from critprint.decision import decide
+    from critprint.features import feature_vector
+
+    handle = load_model(model_dir / "denoiser_a.safetensors")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = extract_critical_image(handle, fast_denoise)
+        torch.set_num_threads(2)
+        double = extract_critical_image(handle, fast_denoise)
+    finally:
+        torch.set_num_threads(threads)
+    decision = decide(feature_vector(single.critical_image), feature_vector(double.critical_image))
+    assert decision.verdict == "derived"
+    assert decision.ratio < 0.1

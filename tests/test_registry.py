@@ -104,3 +104,14 @@ def test_corrupt_database_reported(tmp_path: Path) -> None:
 def test_default_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRITPRINT_HOME", str(tmp_path / "home"))
     assert Registry().root == tmp_path / "home"
+
+
+def test_check_reports_each_problem(tmp_path: Path, record: Fingerprint) -> None:
+    registry = Registry(tmp_path)
+    for name in ("fine", "gone", "edited"):
+        registry.add(name, record)
+    registry.get("gone").path.unlink()
+    edited = registry.get("edited").path
+    edited.write_bytes(edited.read_bytes()[:-1] + b"\x00")
+    statuses = {result.name: result.status for result in registry.check()}
+    assert statuses == {"edited": "altered", "fine": "ok", "gone": "missing"}

@@ -24,12 +24,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from critprint.errors import DuplicateNameError, InvalidInputError, NameNotFoundError, RegistryError
+from critprint.errors import (
+    DuplicateNameError,
+    FingerprintFormatError,
+    InvalidInputError,
+    NameNotFoundError,
+    RegistryError,
+)
 from critprint.fingerprint import Fingerprint, atomic_write_bytes, fingerprint_bytes, fingerprint_from_bytes
 
-__all__ = ["RegistryEntry", "Registry", "default_registry_dir", "check_name"]
+__all__ = ["CheckResult", "RegistryEntry", "Registry", "default_registry_dir", "check_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +88,27 @@ def _duplicate(name: str) -> DuplicateNameError:
     return DuplicateNameError(
         f"fingerprint name {name!r} is already registered; choose another name or run `critprint remove {name}` first"
     )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The integrity of one registered fingerprint.
+
+    Attributes:
+        name: The fingerprint's name.
+        status: ``ok``, ``missing`` (no file), ``altered`` (SHA-256 differs
+            from the one recorded at registration) or ``corrupt`` (the file
+            matches its hash but does not parse).
+        message: Details for any status but ``ok``.
+    """
+
+    name: str
+    status: Literal["ok", "missing", "altered", "corrupt"]
+    message: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """Return the result as a JSON-compatible dictionary."""
+        return {"name": self.name, "status": self.status, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -289,6 +316,30 @@ class Registry:
                 f"fingerprint file of {name!r} was altered since registration (SHA-256 mismatch): {entry.path}"
             )
         return fingerprint_from_bytes(data, str(entry.path))
+
+    def check(self) -> list[CheckResult]:
+        """Check every registered fingerprint's file against its recorded SHA-256.
+
+        Returns:
+            One result per entry, sorted by name; nothing is repaired.
+        """
+        results = []
+        for entry in self.entries():
+            try:
+                data = entry.path.read_bytes()
+            except FileNotFoundError:
+                results.append(CheckResult(entry.name, "missing", f"file not found: {entry.path}"))
+                continue
+            if hashlib.sha256(data).hexdigest() != entry.file_sha256:
+                results.append(CheckResult(entry.name, "altered", f"SHA-256 mismatch: {entry.path}"))
+                continue
+            try:
+                fingerprint_from_bytes(data, str(entry.path))
+            except FingerprintFormatError as error:
+                results.append(CheckResult(entry.name, "corrupt", str(error)))
+                continue
+            results.append(CheckResult(entry.name, "ok"))
+        return results
 
     def remove(self, name: str) -> RegistryEntry:
         """Unregister ``name`` and delete its file; return the removed entry."""

@@ -308,6 +308,31 @@ def remove(
     stdout.print(f"removed {entry.name}")
 
 
+@app.command()
+def check(
+    registry: RegistryOption = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Check every registered fingerprint file against the SHA-256 recorded at registration.
+
+    Exits with status 1 when any fingerprint is missing, altered or corrupt.
+    """
+    _configure_logging(debug)
+    with fail_on_errors(debug):
+        results = Registry(registry).check()
+    failures = [result for result in results if result.status != "ok"]
+    if json_output:
+        print_json([result.to_dict() for result in results])
+    else:
+        for result in results:
+            detail = f": {result.message}" if result.message else ""
+            stdout.print(f"{result.name}: {result.status}{detail}", markup=False)
+        stdout.print(f"{len(results)} checked, {len(failures)} with problems", markup=False)
+    if failures:
+        raise typer.Exit(code=1)
+
+
 @zoo_app.command("list")
 def zoo_list(json_output: JsonOption = False) -> None:
     """List the bundled models."""
