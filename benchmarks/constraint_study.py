@@ -1,9 +1,10 @@
 """Compare the two ways of keeping the critical image in range.
 
-For each bundled source model, register it with the ``quick`` protocol under
-each constraint (``clamp``: projected onto [0, 1] after every step; ``none``:
-unconstrained, clamped only for the features), then verify its 5 % and 10 %
-magnitude-pruned copies and every other bundled model of the same task.
+For each bundled source model, extract its fingerprint with the ``quick``
+protocol under each constraint. ``clamp`` projects the image onto [0, 1] after
+every step, and ``none`` leaves it unconstrained and clamps only for the
+features. Then verify its 5 % and 10 % magnitude-pruned copies and every other
+bundled model of the same task against it.
 
 Usage:
     python benchmarks/constraint_study.py [--json] [--sources dncnn,compact-x4]

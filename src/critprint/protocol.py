@@ -40,7 +40,7 @@ Task = Literal["denoise", "sr"]
 TASKS: tuple[str, ...] = get_args(Task)
 
 Constraint = Literal["none", "clamp"]
-"""How the critical image is kept in range during the optimisation.
+"""Rule that keeps the critical image in range during the optimisation.
 
 ``clamp`` projects it onto [0, 1] after every Adam step, so the objective is
 solved over [0, 1] images as the paper states it. ``none`` leaves it
