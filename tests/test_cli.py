@@ -175,6 +175,9 @@ def test_failures_exit_one_with_one_line(
         ["verify", "m.pth"],
         ["verify", "m.pth", "--against", "a", "--fingerprint", "f.safetensors"],
         ["export", "alpha", "--out", "picture.jpg"],
+        ["export", "alpha"],
+        ["export", "alpha", "--out", "a.png", "--bundle", "b.safetensors"],
+        ["import"],
         ["identify", "m.pth", "--top", "0"],
         ["unknown-command"],
     ],
@@ -244,3 +247,33 @@ def test_check_exit_status(registered: Path) -> None:
     code, _, stderr = run("verify", path, "--against", "alpha", "--registry", registered)
     assert code == 1
     assert "altered since registration" in stderr
+
+
+def test_bundle_moves_record_intact(registered: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "alpha.bundle"
+    code, _, _ = run("export", "alpha", "--bundle", bundle, "--registry", registered)
+    assert code == 0
+    other = tmp_path / "other"
+    code, stdout, _ = run("import", bundle, "--registry", other, "--json")
+    assert code == 0
+    assert json.loads(stdout)["name"] == "alpha"
+    _, original, _ = run("show", "alpha", "--registry", registered, "--json")
+    _, copied, _ = run("show", "alpha", "--registry", other, "--json")
+    before = json.loads(original)
+    after = json.loads(copied)
+    for key in ("features", "protocol_settings", "model", "versions", "created_at", "file_sha256", "model_sha256"):
+        assert after[key] == before[key], key
+    code, _, stderr = run("import", bundle, "--registry", other)
+    assert code == 1
+    assert "'alpha' is already registered" in stderr
+    code, stdout, _ = run("import", bundle, "--name", "alpha-copy", "--registry", other, "--json")
+    assert code == 0
+    assert json.loads(stdout)["name"] == "alpha-copy"
+
+
+def test_import_rejects_non_fingerprint(tmp_path: Path) -> None:
+    path = tmp_path / "notes.safetensors"
+    path.write_text("not a fingerprint")
+    code, _, stderr = run("import", path, "--registry", tmp_path / "r")
+    assert code == 1
+    assert "corrupt fingerprint file" in stderr

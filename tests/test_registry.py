@@ -11,7 +11,7 @@ from critprint.api import fingerprint_model
 from critprint.errors import DuplicateNameError, InvalidInputError, NameNotFoundError, RegistryError
 from critprint.fingerprint import Fingerprint
 from critprint.protocol import Protocol
-from critprint.registry import Registry
+from critprint.registry import SCHEMA_VERSION, Registry
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,21 @@ def test_check_reports_each_problem(tmp_path: Path, record: Fingerprint) -> None
     edited.write_bytes(edited.read_bytes()[:-1] + b"\x00")
     statuses = {result.name: result.status for result in registry.check()}
     assert statuses == {"edited": "altered", "fine": "ok", "gone": "missing"}
+
+
+def test_unversioned_database_migrated(tmp_path: Path, record: Fingerprint) -> None:
+    sqlite3.connect(tmp_path / "registry.sqlite3").close()
+    registry = Registry(tmp_path)
+    assert registry.entries() == []
+    registry.add("alpha", record)
+    with sqlite3.connect(registry.database) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_newer_schema_rejected(tmp_path: Path, record: Fingerprint) -> None:
+    registry = Registry(tmp_path)
+    registry.add("alpha", record)
+    with sqlite3.connect(registry.database) as connection:
+        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(RegistryError, match=f"schema version {SCHEMA_VERSION + 1}, newer.*upgrade critprint"):
+        registry.entries()

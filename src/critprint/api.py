@@ -29,6 +29,7 @@ __all__ = [
     "verify",
     "verify_registered",
     "identify",
+    "import_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -269,3 +270,27 @@ def identify(
             results.append(_compare(entry.name, fingerprint, handle, features, time.perf_counter() - start))
     results.sort(key=lambda item: item.distance)
     return results[:top] if top is not None else results
+
+
+def import_fingerprint(path: str | Path, name: str | None = None, registry: Registry | None = None) -> RegistryEntry:
+    """Register a fingerprint file made elsewhere, for example by ``critprint export --bundle``.
+
+    Args:
+        path: The fingerprint file.
+        name: The name to register it under; by default the name it was
+            registered under where it was made.
+        registry: The registry to add it to; the default one if None.
+
+    Raises:
+        FingerprintFormatError: If the file is not a valid fingerprint.
+        InvalidInputError: If no name is given and the file records none.
+        DuplicateNameError: If the name is already registered.
+    """
+    from critprint.errors import InvalidInputError
+    from critprint.fingerprint import load_fingerprint
+
+    record = load_fingerprint(path)
+    chosen = name or record.name
+    if not chosen:
+        raise InvalidInputError(f"fingerprint file {path} records no name; pass --name NAME")
+    return (registry or Registry()).add(chosen, record)

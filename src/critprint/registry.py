@@ -35,14 +35,13 @@ from critprint.errors import (
 )
 from critprint.fingerprint import Fingerprint, atomic_write_bytes, fingerprint_bytes, fingerprint_from_bytes
 
-__all__ = ["CheckResult", "RegistryEntry", "Registry", "default_registry_dir", "check_name"]
+__all__ = ["SCHEMA_VERSION", "CheckResult", "RegistryEntry", "Registry", "default_registry_dir", "check_name"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS fingerprints (
     name TEXT PRIMARY KEY,
     task TEXT NOT NULL,
@@ -58,6 +57,11 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     created_at TEXT NOT NULL
 )
 """
+
+# Statement k takes a database from schema version k (SQLite's user_version)
+# to k + 1. A new schema appends a statement; existing ones never change.
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 def default_registry_dir() -> Path:
@@ -179,8 +183,7 @@ class Registry:
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA busy_timeout=30000")
-            connection.execute(_SCHEMA)
-            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._migrate(connection)
             yield connection
         except sqlite3.OperationalError as error:
             raise RegistryError(
@@ -193,11 +196,35 @@ class Registry:
         finally:
             connection.close()
 
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        """Bring the database to SCHEMA_VERSION in one transaction, or raise if it is newer."""
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise RegistryError(
+                f"registry {self.database} has schema version {version}, newer than the supported "
+                f"{SCHEMA_VERSION}; upgrade critprint"
+            )
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated between the read above and the lock.
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            for statement in _MIGRATIONS[version:]:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        logger.info("migrated %s from schema version %d to %d", self.database, version, SCHEMA_VERSION)
+
     @staticmethod
     def _empty() -> Iterator[sqlite3.Connection]:
         connection = sqlite3.connect(":memory:")
         try:
-            connection.execute(_SCHEMA)
+            for statement in _MIGRATIONS:
+                connection.execute(statement)
             yield connection
         finally:
             connection.close()

@@ -263,9 +263,13 @@ def show(
 def export(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Registered fingerprint name.")],
     out: Annotated[
-        Path,
+        Optional[Path],
         typer.Option("--out", help="File to write: .png for the critical image, .safetensors for the fingerprint."),
-    ],
+    ] = None,
+    bundle: Annotated[
+        Optional[Path],
+        typer.Option("--bundle", help="Fingerprint file with all its metadata, for `critprint import` elsewhere."),
+    ] = None,
     scale: Annotated[int, typer.Option("--scale", min=1, help="Enlarge the PNG picture by this integer factor.")] = 1,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
@@ -273,22 +277,45 @@ def export(
 ) -> None:
     """Write a registered fingerprint's critical image as PNG, or the fingerprint file itself.
 
-    A .safetensors copy can be verified against elsewhere with `critprint verify --fingerprint FILE`.
+    A fingerprint file (--bundle, or --out FILE.safetensors) carries the protocol, the model's
+    identity, the versions and the name; `critprint import` or `critprint verify --fingerprint`
+    use it on another machine.
     """
     _configure_logging(debug)
-    suffix = out.suffix.lower()
-    if suffix not in (".png", ".safetensors"):
+    if (out is None) == (bundle is None):
+        usage_error("pass exactly one of --out FILE or --bundle FILE")
+    if out is not None and out.suffix.lower() not in (".png", ".safetensors"):
         usage_error(f"invalid --out {str(out)!r}: expected a .png or .safetensors file name")
     with fail_on_errors(debug):
         record = Registry(registry).load(name)
-        if suffix == ".png":
+        if out is not None and out.suffix.lower() == ".png":
             path = write_png(record.critical_image, out, scale=scale)
         else:
-            path = save_fingerprint(record, out)
+            path = save_fingerprint(record, bundle or out)
     if json_output:
         print_json({"name": name, "path": str(path)})
         return
     stdout.print(f"wrote {path}")
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Fingerprint file written by `critprint export`.")],
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Register under this name instead of the one the file records.")
+    ] = None,
+    registry: RegistryOption = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Add a fingerprint file made on another machine to the registry."""
+    _configure_logging(debug)
+    with fail_on_errors(debug):
+        entry = api.import_fingerprint(file, name, Registry(registry))
+    if json_output:
+        print_json(entry.to_dict())
+        return
+    stdout.print(f"imported {entry.name}: task {entry.task}, protocol {entry.protocol}, {entry.architecture}")
 
 
 @app.command()
