@@ -277,3 +277,18 @@ def test_import_rejects_non_fingerprint(tmp_path: Path) -> None:
     code, _, stderr = run("import", path, "--registry", tmp_path / "r")
     assert code == 1
     assert "corrupt fingerprint file" in stderr
+
+
+def test_torchscript_needs_flag(registered: Path, tmp_path: Path) -> None:
+    import torch
+
+    from conftest import tiny_denoiser
+
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(tiny_denoiser(1).eval(), torch.rand(1, 3, 16, 16)), str(path))
+    code, _, stderr = run("verify", path, "--against", "alpha", "--registry", registered)
+    assert code == 1
+    assert "pass --torchscript" in stderr
+    code, stdout, stderr = run("verify", path, "--against", "alpha", "--registry", registered, "--torchscript", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["verdict"] == "derived"

@@ -67,7 +67,9 @@ def test_torchscript_probed(tmp_path: Path, factory) -> None:  # noqa: ANN001
     traced = torch.jit.trace(module, torch.rand(1, 3, 16, 16))
     path = tmp_path / "model.pt"
     torch.jit.save(traced, str(path))
-    handle = load_model(path)
+    with pytest.raises(ModelLoadError, match="TorchScript archive.*pass --torchscript"):
+        load_model(path)
+    handle = load_model(path, allow_torchscript=True)
     expected_scale = 4 if factory is tiny_upscaler else 1
     assert handle.format == "torchscript"
     assert (handle.input_channels, handle.scale) == (3, expected_scale)

@@ -10,8 +10,9 @@ Accepted model specifications:
 Pickled checkpoints are read with ``torch.load(weights_only=True)``, whose
 restricted unpickler only rebuilds tensors and plain containers and never
 imports or calls code named in the file. A TorchScript archive contains
-TorchScript code that runs when the model is called: load only archives you
-trust to that extent.
+TorchScript code that runs when the model is called, so it loads only when the
+caller passes ``allow_torchscript=True`` (``--torchscript`` on the command
+line).
 """
 
 from __future__ import annotations
@@ -335,7 +336,7 @@ def _load_torchscript(path: Path, source: str, task_hint: Task | None, sha256: s
     )
 
 
-def load_model(spec: str | Path) -> ModelHandle:
+def load_model(spec: str | Path, allow_torchscript: bool = False) -> ModelHandle:
     """Load a model from a file path or ``zoo:NAME``.
 
     The file is hashed and its format detected: a zip archive with a
@@ -343,15 +344,25 @@ def load_model(spec: str | Path) -> ModelHandle:
     The network is put in eval mode with its parameters frozen, so a
     backward pass computes gradients for the input only.
 
+    Args:
+        spec: A file path or ``zoo:NAME``.
+        allow_torchscript: Load TorchScript archives. Their code runs when
+            the model is called, so a caller must opt in explicitly.
+
     Raises:
-        ModelLoadError: If the file is missing, empty, unreadable or of an
-            unknown architecture.
+        ModelLoadError: If the file is missing, empty, unreadable, of an
+            unknown architecture, or TorchScript without ``allow_torchscript``.
         IncompatibleModelError: If it is not an image-to-image model.
     """
     source = str(spec)
     path, task_hint = _resolve(source)
     sha256 = file_sha256(path)
     if _is_torchscript(path):
+        if not allow_torchscript:
+            raise ModelLoadError(
+                f"model file {source} is a TorchScript archive, whose code runs when the model is called; "
+                "pass --torchscript to load it if you trust its source"
+            )
         handle = _load_torchscript(path, source, task_hint, sha256)
     else:
         handle = _load_spandrel(path, source, task_hint, sha256)

@@ -70,6 +70,13 @@ RegistryOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on standard output.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Hide progress bars.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Log details and show tracebacks of failures.")]
+TorchScriptOption = Annotated[
+    bool,
+    typer.Option(
+        "--torchscript",
+        help="Allow TorchScript model files. Their code runs when the model is called: use only trusted files.",
+    ),
+]
 TaskOption = Annotated[
     Optional[TaskName],
     typer.Option("--task", help="Restoration task; inferred when the model states it (scale > 1 means sr)."),
@@ -105,6 +112,7 @@ def register(
         Optional[int], typer.Option("--iterations", min=1, help="Override the number of Adam steps.")
     ] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the random seed.")] = None,
+    torchscript: TorchScriptOption = False,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -118,7 +126,7 @@ def register(
     start = time.perf_counter()
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         store = Registry(registry)
-        handle = load_model(model)
+        handle = load_model(model, allow_torchscript=torchscript)
         settings = api.resolve_protocol(handle, protocol.value, task.value if task else None)
         overrides = {
             key: value for key, value in (("size", size), ("iterations", iterations), ("seed", seed))
@@ -142,6 +150,7 @@ def verify(
     fingerprint: Annotated[
         Optional[Path], typer.Option("--fingerprint", help="Source fingerprint file, instead of --against.")
     ] = None,
+    torchscript: TorchScriptOption = False,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -155,12 +164,14 @@ def verify(
     if (against is None) == (fingerprint is None):
         usage_error("pass exactly one of --against NAME or --fingerprint FILE")
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
-        callback = progress.callback(f"verify {suspect}")
         if fingerprint is not None:
             source = load_fingerprint(fingerprint)
-            result = api.verify(suspect, source, source.name or fingerprint.stem, callback)
+            source_name = source.name or fingerprint.stem
         else:
-            result = api.verify_registered(suspect, against or "", Registry(registry), callback)
+            source_name = against or ""
+            source = Registry(registry).load(source_name)
+        handle = load_model(suspect, allow_torchscript=torchscript)
+        result = api.verify(handle, source, source_name, progress.callback(f"verify {suspect}"))
     if json_output:
         print_json(result.to_dict())
         return
@@ -172,6 +183,7 @@ def identify(
     suspect: Annotated[str, typer.Argument(metavar="SUSPECT", help="Suspect model file or zoo:NAME.")],
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="Show only the K closest fingerprints.")] = None,
     task: TaskOption = None,
+    torchscript: TorchScriptOption = False,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -181,7 +193,7 @@ def identify(
     _configure_logging(debug)
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         results = api.identify(
-            suspect,
+            load_model(suspect, allow_torchscript=torchscript),
             Registry(registry),
             top=top,
             task=task.value if task else None,
