@@ -292,3 +292,50 @@ def test_torchscript_needs_flag(registered: Path, tmp_path: Path) -> None:
     code, stdout, stderr = run("verify", path, "--against", "alpha", "--registry", registered, "--torchscript", "--json")
     assert code == 0, stderr
     assert json.loads(stdout)["verdict"] == "derived"
+
+
+@pytest.fixture()
+def bad_files(tmp_path: Path, registered: Path) -> dict[str, str]:
+    """Files a user might pass by mistake, by label."""
+    import torch
+
+    empty = tmp_path / "empty.pth"
+    empty.touch()
+    text = tmp_path / "notes.pth"
+    text.write_text("these are notes, not weights")
+    linear = tmp_path / "linear.pth"
+    torch.save(torch.nn.Linear(4, 2).state_dict(), linear)
+    _, stdout, _ = run("show", "alpha", "--registry", registered, "--json")
+    record = Path(json.loads(stdout)["path"]).read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(record[: len(record) // 2])
+    return {
+        "empty": str(empty),
+        "text": str(text),
+        "folder": str(tmp_path),
+        "linear": str(linear),
+        "truncated": str(truncated),
+    }
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["verify", "{empty}", "--against", "alpha"], "is empty"),
+        (["verify", "{text}", "--against", "alpha"], "is not a readable PyTorch checkpoint"),
+        (["verify", "{folder}", "--against", "alpha"], "is a directory"),
+        (["verify", "{linear}", "--against", "alpha"], "unknown architecture"),
+        (["verify", "{linear}", "--fingerprint", "{truncated}"], "corrupt fingerprint file"),
+        (["import", "{truncated}"], "corrupt fingerprint file"),
+        (["register", "{text}", "--name", "beta"], "is not a readable PyTorch checkpoint"),
+    ],
+)
+def test_bad_files_exit_one_with_one_line(
+    registered: Path, bad_files: dict[str, str], arguments: list[str], message: str
+) -> None:
+    filled = [argument.format(**bad_files) for argument in arguments] + ["--registry", str(registered)]
+    code, _, stderr = run(*filled)
+    assert code == 1
+    assert message in stderr
+    assert stderr.count("\n") == 1
+    assert "Traceback" not in stderr
