@@ -339,3 +339,37 @@ def test_bad_files_exit_one_with_one_line(
     assert message in stderr
     assert stderr.count("\n") == 1
     assert "Traceback" not in stderr
+
+
+def test_full_disk_reported(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import critprint.registry as registry_module
+
+    def no_space(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(registry_module, "atomic_write_bytes", no_space)
+    code, _, stderr = run(
+        "register", model_dir / "denoiser_a.safetensors", "--name", "alpha", "--registry", tmp_path, *FAST
+    )
+    assert code == 1
+    assert "No space left on device; check free space and permissions" in stderr
+    assert stderr.count("\n") == 1
+    assert list((tmp_path / "fingerprints").iterdir()) == []
+
+
+def test_classifier_rejected(tmp_path: Path) -> None:
+    import torch
+
+    classifier = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10)
+    )
+    path = tmp_path / "classifier.pt"
+    torch.jit.save(torch.jit.trace(classifier.eval(), torch.rand(1, 3, 32, 32)), str(path))
+    code, _, stderr = run("register", path, "--name", "x", "--task", "denoise", "--torchscript", "--registry", tmp_path)
+    assert code == 1
+    assert "image-to-image restoration models only" in stderr
+    assert stderr.count("\n") == 1
