@@ -324,6 +324,17 @@ class Registry:
                 ).fetchall()
         return [self._row_to_entry(row) for row in rows]
 
+    @staticmethod
+    def _read_file(entry: RegistryEntry) -> tuple[Literal["ok", "missing", "altered"], bytes]:
+        """Read an entry's file and compare it with the SHA-256 recorded at registration."""
+        try:
+            data = entry.path.read_bytes()
+        except FileNotFoundError:
+            return "missing", b""
+        if hashlib.sha256(data).hexdigest() != entry.file_sha256:
+            return "altered", data
+        return "ok", data
+
     def load(self, name: str) -> Fingerprint:
         """Read the fingerprint called ``name``, checking its file's SHA-256.
 
@@ -332,13 +343,12 @@ class Registry:
             RegistryError: If its file is missing or was altered.
         """
         entry = self.get(name)
-        try:
-            data = entry.path.read_bytes()
-        except FileNotFoundError:
+        status, data = self._read_file(entry)
+        if status == "missing":
             raise RegistryError(
                 f"fingerprint file of {name!r} is missing: {entry.path}; remove and register it again"
-            ) from None
-        if hashlib.sha256(data).hexdigest() != entry.file_sha256:
+            )
+        if status == "altered":
             raise RegistryError(
                 f"fingerprint file of {name!r} was altered since registration (SHA-256 mismatch): {entry.path}"
             )
@@ -352,12 +362,11 @@ class Registry:
         """
         results = []
         for entry in self.entries():
-            try:
-                data = entry.path.read_bytes()
-            except FileNotFoundError:
+            status, data = self._read_file(entry)
+            if status == "missing":
                 results.append(CheckResult(entry.name, "missing", f"file not found: {entry.path}"))
                 continue
-            if hashlib.sha256(data).hexdigest() != entry.file_sha256:
+            if status == "altered":
                 results.append(CheckResult(entry.name, "altered", f"SHA-256 mismatch: {entry.path}"))
                 continue
             try:
