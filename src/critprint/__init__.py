@@ -1,9 +1,10 @@
 """critprint: fingerprint deep image-restoration models through critical images.
 
 The method follows "Fingerprinting Deep Image Restoration Models" (Quan, Teng,
-Xu, Huang, Ji; ICCV 2023): optimise an input through the model into a critical
-image, describe it with colour and local gradient pattern histograms, and
-decide with a chi-squared threshold whether a suspect is derived from a source.
+Xu, Huang, Ji; ICCV 2023). An input optimised through the model becomes its
+critical image, which colour and local gradient pattern histograms describe.
+A chi-squared threshold on the histogram distance decides whether a suspect
+is derived from a source.
 
 Example:
     >>> from critprint import get_protocol, threshold

@@ -92,8 +92,8 @@ def extract_critical_image(
 
     Every random draw (the initial image, then the degradation noise of each
     step) comes from one ``torch.Generator`` seeded with ``protocol.seed``, in
-    a fixed order, so the same model and protocol give the same image bit for
-    bit on the same machine and thread count, and a suspect sees exactly the
+    a fixed order. So the same model and protocol give the same image bit for
+    bit on the same machine and thread count, and a suspect receives exactly the
     source's draws.
 
     Args:

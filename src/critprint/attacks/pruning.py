@@ -13,7 +13,7 @@ def prune_magnitude(state_dict: dict[str, torch.Tensor], fraction: float) -> dic
     """Set the ``fraction`` of smallest-magnitude weights to zero, globally.
 
     Only floating tensors whose name ends in ``weight`` and that have at least
-    two dimensions (convolution and linear kernels) are pruned; biases and
+    two dimensions (convolution and linear kernels) are pruned. Biases and
     normalisation parameters are kept. Ties at the cut-off magnitude are
     pruned too, so slightly more than the fraction may become zero.
 

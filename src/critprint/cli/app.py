@@ -289,9 +289,9 @@ def export(
 ) -> None:
     """Write a registered fingerprint's critical image as PNG, or the fingerprint file itself.
 
-    A fingerprint file (--bundle, or --out FILE.safetensors) carries the protocol, the model's
-    identity, the versions and the name; `critprint import` or `critprint verify --fingerprint`
-    use it on another machine.
+    A fingerprint file (--bundle, or --out FILE.safetensors) contains the protocol, the model's
+    identity, the versions and the name. On another machine, `critprint import` registers it and
+    `critprint verify --fingerprint` compares a suspect with it.
     """
     _configure_logging(debug)
     if (out is None) == (bundle is None):
