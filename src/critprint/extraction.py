@@ -131,6 +131,8 @@ def extract_critical_image(
                 f"of shape {tuple(noise_shape)}, expected {tuple(image.shape)}"
             )
         loss = (image - restored).pow(2).sum() - protocol.tv_weight * total_variation(image)
+        if protocol.objective == "maximise":
+            loss = -loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -29,6 +29,7 @@ from critprint.errors import InvalidInputError
 __all__ = [
     "Task",
     "Constraint",
+    "Objective",
     "FeatureSettings",
     "Protocol",
     "PRESETS",
@@ -49,6 +50,9 @@ features and pictures. On the bundled DnCNN, ``none`` put its 10 %-pruned copy
 at d / eta = 4.6 (judged independent) while ``clamp`` put it at 0.01; see
 docs/method.md.
 """
+
+Objective = Literal["minimise", "maximise"]
+"""Whether the extraction minimises the objective (the method) or maximises it (MaxObj)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class Protocol:
             other tasks.
         seed: Seed of the generator behind every random draw.
         constraint: How the image is kept in range during the optimisation.
+        objective: ``"minimise"`` the objective (the method), or
+            ``"maximise"`` it (the MaxObj ablation of the paper, which yields
+            a smooth image the model restores badly).
         features: Histogram settings.
         alpha: Significance level of the chi-squared decision.
         sigma_h: Assumed standard deviation of the per-bin feature error.
@@ -116,6 +123,7 @@ class Protocol:
     scale: int = 1
     seed: int = 0
     constraint: Constraint = "clamp"
+    objective: Objective = "minimise"
     features: FeatureSettings = field(default_factory=FeatureSettings)
     alpha: float = 0.05
     sigma_h: float = 0.015
@@ -123,6 +131,7 @@ class Protocol:
     def __post_init__(self) -> None:
         check_choice("task", self.task, TASKS)
         check_choice("constraint", self.constraint, get_args(Constraint))
+        check_choice("objective", self.objective, get_args(Objective))
         if self.size < 8:
             raise InvalidInputError(f"invalid size {self.size!r}: expected an integer >= 8")
         if self.iterations < 1:
