@@ -101,6 +101,9 @@ class ModelHandle:
         cropped to (B, C_out, H * scale, W * scale). Values are not clamped.
         """
         height, width = image.shape[-2:]
+        # Some architectures (RCAN, for one) rescale their input in place, which
+        # would alter the caller's tensor or fail on a leaf that requires grad.
+        image = image.clone()
         pad_bottom = -height % self.multiple_of
         pad_right = -width % self.multiple_of
         if pad_bottom or pad_right:
