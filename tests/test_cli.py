@@ -373,3 +373,49 @@ def test_classifier_rejected(tmp_path: Path) -> None:
     assert code == 1
     assert "image-to-image restoration models only" in stderr
     assert stderr.count("\n") == 1
+
+
+def test_attack_writes_a_loadable_copy(tmp_path: Path) -> None:
+    from critprint.models import load_model
+
+    out = tmp_path / "pruned.safetensors"
+    code, stdout, stderr = run("attack", "zoo:compact-x4", "--attack", "prune", "--out", out, "--json", "--quiet")
+    assert code == 0, stderr
+    record = json.loads(stdout)
+    assert record["attack"] == "prune"
+    assert record["strength"] == pytest.approx(0.05)
+    assert record["within_budget"] is True
+    assert record["psnr_change_db"] == pytest.approx(record["psnr_after_db"] - record["psnr_before_db"])
+    copy = load_model(out)
+    original = load_model("zoo:compact-x4")
+    assert (copy.architecture, copy.scale) == (original.architecture, original.scale)
+    assert copy.sha256 != original.sha256
+
+
+def test_attack_without_calibration_keeps_the_strength(tmp_path: Path) -> None:
+    out = tmp_path / "noisy.safetensors"
+    code, stdout, stderr = run(
+        "attack", "zoo:dncnn", "--attack", "weight-noise", "--strength", "2", "--no-calibrate",
+        "--out", out, "--json",
+    )
+    assert code == 0, stderr
+    record = json.loads(stdout)
+    assert record["strength"] == 2.0
+    assert len(record["tried"]) == 1
+    assert record["within_budget"] is False
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code", "message"),
+    [
+        (["--attack", "prune", "--out", "copy.pth"], 2, "expected a .safetensors file name"),
+        (["--attack", "melt", "--out", "copy.safetensors"], 2, "melt"),
+        (["--attack", "prune", "--strength", "1.5", "--out", "copy.safetensors"], 1, "1.5"),
+    ],
+)
+def test_attack_rejects_bad_arguments(tmp_path: Path, arguments: list[str], code: int, message: str) -> None:
+    filled = [str(tmp_path / item) if item.startswith("copy.") else item for item in arguments]
+    exit_code, stdout, stderr = run("attack", "zoo:dncnn", *filled)
+    assert exit_code == code
+    assert message in stderr + stdout
+    assert not list(tmp_path.iterdir())

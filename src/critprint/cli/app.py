@@ -20,6 +20,7 @@ from rich.table import Table
 from critprint import __version__, api, zoo
 from critprint.cli.output import (
     ExtractionProgress,
+    JobProgress,
     fail_on_errors,
     print_json,
     stdout,
@@ -30,7 +31,7 @@ from critprint.demo import DEMO_PRUNE_FRACTION, run_demo
 from critprint.errors import ModelLoadError
 from critprint.fingerprint import load_fingerprint, save_fingerprint
 from critprint.images import write_png
-from critprint.models import load_model
+from critprint.models import infer_task, load_model, read_state_dict, save_state_dict
 from critprint.registry import Registry
 
 __all__ = ["app", "main"]
@@ -380,10 +381,10 @@ def zoo_list(json_output: JsonOption = False) -> None:
         print_json([entry.to_dict() for entry in entries])
         return
     table = Table()
-    for column in ("name", "task", "architecture", "scale", "channels"):
+    for column in ("name", "task", "architecture", "scale", "channels", "group"):
         table.add_column(column)
     for entry in entries:
-        table.add_row(entry.name, entry.task, entry.architecture, str(entry.scale), str(entry.channels))
+        table.add_row(entry.name, entry.task, entry.architecture, str(entry.scale), str(entry.channels), entry.group)
     stdout.print(table)
 
 
@@ -435,6 +436,118 @@ def demo(
     )
     stdout.print(verification_table(result.verifications, title=title, labels=result.labels))
     stdout.print(f"derived means d < eta; finished in {result.seconds:.1f} s")
+
+
+class AttackName(str, Enum):
+    """Attacks selectable on the command line."""
+
+    prune = "prune"
+    finetune = "finetune"
+    quantize = "quantize"
+    weight_noise = "weight-noise"
+    half = "half"
+    channel_prune = "channel-prune"
+    distill = "distill"
+
+
+@app.command()
+def attack(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file spandrel loads (.pth, .ckpt, .safetensors) or zoo:NAME.")],
+    attack_name: Annotated[AttackName, typer.Option("--attack", help="Attack to apply.")],
+    out: Annotated[Path, typer.Option("--out", help="Attacked model to write, a .safetensors state dict spandrel loads.")],
+    strength: Annotated[
+        Optional[float], typer.Option("--strength", help="Starting strength; default: the attack's own (paper values where the paper has one).")
+    ] = None,
+    no_calibrate: Annotated[
+        bool, typer.Option("--no-calibrate", help="Apply the strength as given instead of halving it until the PSNR drops by at most 1 dB.")
+    ] = False,
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Optimiser steps of fine-tuning, channel pruning and distillation.")
+    ] = 500,
+    task: TaskOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Make an attacked copy of MODEL, as a thief would, and report the PSNR change it causes.
+
+    PSNR is measured on a held-out photo the zoo models never saw (coffee); fine-tuning and
+    distillation use another (chelsea).
+    """
+    from critprint.attacks import RestorationTask, run_attack
+
+    _configure_logging(debug)
+    if out.suffix.lower() != ".safetensors":
+        usage_error(f"invalid --out {str(out)!r}: expected a .safetensors file name")
+    with fail_on_errors(debug), JobProgress(quiet, f"attack {attack_name.value}") as progress:
+        handle = load_model(model)
+        restoration = RestorationTask(
+            task=infer_task(handle, task.value if task else None),
+            scale=handle.scale,
+            finetune_steps=steps,
+            distill_steps=steps,
+        )
+        attacked, outcome = run_attack(
+            attack_name.value, read_state_dict(model), restoration,
+            strength=strength, calibrate=not no_calibrate, progress=progress.note,
+        )
+        path = save_state_dict(attacked, out)
+    if json_output:
+        print_json({**outcome.to_dict(), "model": model, "out": str(path)})
+        return
+    budget = "within" if outcome.within_budget else "NOT within"
+    stdout.print(
+        f"wrote {path}: {outcome.attack} with {outcome.parameter} {outcome.strength:g}, PSNR "
+        f"{outcome.psnr_before_db:.2f} -> {outcome.psnr_after_db:.2f} dB ({outcome.psnr_change_db:+.2f} dB, "
+        f"{budget} the 1 dB budget)",
+        markup=False,
+    )
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option("--out", help="Folder for summary.json, report.md, pictures and cached work.")],
+    quick: Annotated[bool, typer.Option("--quick", help="Run the reduced plan: few models, few attacks, minutes on a CPU.")] = False,
+    tasks: Annotated[
+        Optional[list[TaskName]], typer.Option("--task", help="Run only this task; repeat for several.")
+    ] = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Benchmark critprint and the paper's baselines on the evaluation zoo.
+
+    Runs discriminability, robustness to every attack, the ablations and ROC, and writes
+    DIR/summary.json, DIR/report.md and heat maps and montages. Work already in DIR is reused,
+    so an interrupted run continues where it stopped.
+    """
+    from critprint.evaluation import get_plan, run_bench
+
+    _configure_logging(debug)
+    with fail_on_errors(debug), JobProgress(quiet, "bench") as progress:
+        plan = get_plan("quick" if quick else "full", tuple(task.value for task in tasks) if tasks else None)
+        summary = run_bench(plan, out, progress.update)
+    if json_output:
+        print_json(summary)
+        return
+    table = Table(title=f"critprint bench ({plan.name} plan), {summary['seconds']:.0f} s; details in {out / 'report.md'}")
+    for column in ("task", "method", "AUC", "TPR at 1 % FPR", "min ratio", *plan.attacks):
+        table.add_column(column)
+    for task_name, task_summary in summary["tasks"].items():
+        for method, entry in task_summary["methods"].items():
+            table.add_row(
+                task_name, method, _format_number(entry["auc"]), _format_number(entry["tpr_at_1pct_fpr"]),
+                _format_number(entry["min_offdiag_ratio"]),
+                *(_format_number(entry["success_rate"][name]) for name in plan.attacks),
+            )
+    stdout.print(table)
+    failures = sum(len(task_summary["failures"]) for task_summary in summary["tasks"].values())
+    if failures:
+        stdout.print(f"{failures} jobs failed; see {out / 'report.md'}", markup=False)
+
+
+def _format_number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def main() -> None:

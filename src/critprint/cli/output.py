@@ -21,6 +21,7 @@ __all__ = [
     "stdout",
     "stderr",
     "ExtractionProgress",
+    "JobProgress",
     "print_json",
     "verification_table",
     "usage_error",
@@ -79,6 +80,43 @@ class ExtractionProgress:
             self._progress.update(task_id, completed=step, total=total, loss=f"{loss:.4g}")
 
         return update
+
+
+class JobProgress:
+    """One progress bar over the jobs of a long run, on standard error.
+
+    Disabled with ``quiet`` or when standard error is not a terminal.
+    """
+
+    def __init__(self, quiet: bool, label: str) -> None:
+        self.enabled = not quiet and stderr.is_terminal
+        self._label = label
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            disable=not self.enabled,
+            transient=False,
+        )
+        self._task_id = self._progress.add_task(label, total=None)
+
+    def __enter__(self) -> JobProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def update(self, done: int, total: int, label: str) -> None:
+        """Show ``done`` of ``total`` jobs, with the current job's label."""
+        self._progress.update(self._task_id, completed=done, total=total, description=f"{self._label}: {label}")
+
+    def note(self, label: str) -> None:
+        """Show what the run is doing when the number of jobs is unknown."""
+        self._progress.update(self._task_id, description=f"{self._label}: {label}")
 
 
 def verification_table(

@@ -32,15 +32,18 @@ class ZooEntry:
     channels: int
     file: str
     details: dict[str, Any]
+    group: str = "source"
+    """``source``, or the hard-negative family the model belongs to."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the entry as ``name``, ``task``, ``architecture``, ``scale``, ``channels`` and ``path``."""
+        """Return the entry as ``name``, ``task``, ``architecture``, ``scale``, ``channels``, ``group`` and ``path``."""
         return {
             "name": self.name,
             "task": self.task,
             "architecture": self.architecture,
             "scale": self.scale,
             "channels": self.channels,
+            "group": self.group,
             "path": str(ZOO_DIR / self.file),
         }
 
@@ -62,6 +65,7 @@ def list_models() -> tuple[ZooEntry, ...]:
                 channels=int(item["channels"]),
                 file=item["file"],
                 details=item,
+                group=item.get("group", "source"),
             )
         )
     return tuple(entries)

@@ -1,0 +1,58 @@
+"""The benchmark behind ``critprint bench``: the paper's experiments and the ones it did not run.
+
+:func:`run_bench` runs a plan (see :mod:`critprint.evaluation.plan`) over the
+evaluation zoo and writes ``summary.json``, ``pairs.json``, ``report.md`` and
+pictures to an output folder. It goes through the same api the command line
+uses, so every number measures what a user runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from critprint.evaluation.plan import ATTACK_NAMES, METHODS, BenchPlan, TaskPlan, get_plan
+from critprint.evaluation.report import write_outputs
+from critprint.evaluation.runner import BenchProgress, count_jobs, run_task
+from critprint.fingerprint import now_utc, software_versions
+
+__all__ = ["run_bench", "get_plan", "BenchPlan", "TaskPlan", "METHODS", "ATTACK_NAMES", "BenchProgress"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_bench(plan: BenchPlan, out_dir: str | Path, progress: BenchProgress | None = None) -> dict[str, Any]:
+    """Run a benchmark plan and write its outputs under ``out_dir``.
+
+    Work already done in ``out_dir`` by an earlier run of the same plan is
+    reused, so an interrupted run can be started again.
+
+    Returns:
+        The summary that ``out_dir/summary.json`` holds.
+    """
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    total = count_jobs(plan)
+    done = 0
+    runs = []
+    for task in plan.tasks:
+        run = run_task(plan, task, folder, progress, done_before=done, total=total)
+        done += len(run.seconds)
+        runs.append(run)
+    if progress is not None:
+        progress(total, total, "done")
+    extra = {
+        "created_at": now_utc(),
+        "seconds": round(time.perf_counter() - start, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.system()}",
+        "versions": software_versions(),
+    }
+    summary = write_outputs(plan, runs, folder, extra)
+    logger.info("benchmark %s finished in %.0f s", plan.name, extra["seconds"])
+    return summary

@@ -1,0 +1,131 @@
+"""What a benchmark run measures: models, attacks, methods and their settings.
+
+Two plans exist. ``full`` takes every source model and hard negative of the
+evaluation zoo with every attack. ``quick`` takes a few fast models and the
+cheapest settings, so that it fits in the test suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from critprint import zoo
+from critprint.checks import check_choice
+
+__all__ = ["METHODS", "ATTACK_NAMES", "TaskPlan", "BenchPlan", "get_plan", "PLANS"]
+
+METHODS: Final[tuple[str, ...]] = ("critprint", "maxobj", "no-tv", "projcl", "poolcl")
+"""Fingerprinting methods a benchmark compares.
+
+``critprint`` is the method. ``maxobj`` and ``no-tv`` are the ablations of
+"Fingerprinting Deep Image Restoration Models" (the objective maximised, and lambda = 0), and
+``projcl`` and ``poolcl`` its baselines (IPGuard after a random projection of
+the output, or after pooling it to 10 x 10).
+"""
+
+ATTACK_NAMES: Final[tuple[str, ...]] = (
+    "prune", "finetune", "quantize", "weight-noise", "half", "channel-prune", "distill",
+)
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """The models of one task: sources (attacked and compared) and hard negatives (compared)."""
+
+    task: str
+    scale: int
+    sources: tuple[str, ...]
+    hard_negatives: tuple[str, ...] = ()
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """Every unattacked model of the task, sources first."""
+        return self.sources + self.hard_negatives
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """All settings of one benchmark run; recorded in its summary.
+
+    Attributes:
+        name: ``quick`` or ``full``.
+        protocol: The protocol preset every extraction starts from.
+        tasks: The models per task.
+        attacks: Attack names, from :data:`ATTACK_NAMES`.
+        methods: Method names, from :data:`METHODS`.
+        finetune_steps: Steps of the fine-tuning attacks.
+        distill_steps: Steps of the distillation attack.
+        ipguard_points: Boundary points per IPGuard fingerprint.
+        ipguard_iterations: Adam steps of the IPGuard boundary search.
+        ipguard_size: Largest side of an IPGuard point; the model's input
+            side under the protocol when that is smaller.
+        fpr: False-positive rate at which the true-positive rate is reported.
+    """
+
+    name: str
+    protocol: str
+    tasks: tuple[TaskPlan, ...]
+    attacks: tuple[str, ...] = ATTACK_NAMES
+    methods: tuple[str, ...] = METHODS
+    finetune_steps: int = 500
+    distill_steps: int = 500
+    ipguard_points: int = 20
+    ipguard_iterations: int = 100
+    ipguard_size: int = 32
+    fpr: float = 0.01
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plan as a JSON-compatible dictionary."""
+        data = asdict(self)
+        data["tasks"] = [asdict(task) | {"references": list(task.references)} for task in self.tasks]
+        return data
+
+
+def _zoo_task(task: str, scale: int) -> TaskPlan:
+    entries = [entry for entry in zoo.list_models() if entry.task == task and entry.scale == scale]
+    return TaskPlan(
+        task=task,
+        scale=scale,
+        sources=tuple(entry.name for entry in entries if entry.group == "source"),
+        hard_negatives=tuple(entry.name for entry in entries if entry.group != "source"),
+    )
+
+
+def _full() -> BenchPlan:
+    return BenchPlan(name="full", protocol="quick", tasks=(_zoo_task("denoise", 1), _zoo_task("sr", 4)))
+
+
+def _quick() -> BenchPlan:
+    return BenchPlan(
+        name="quick",
+        protocol="quick",
+        tasks=(
+            TaskPlan("denoise", 1, sources=("dncnn", "compact-dn"), hard_negatives=("dncnn-h",)),
+            TaskPlan("sr", 4, sources=("compact-x4", "rcan-x4"), hard_negatives=("compact-x4-h",)),
+        ),
+        attacks=("prune", "finetune", "quantize"),
+        finetune_steps=20,
+        distill_steps=20,
+        ipguard_points=8,
+        ipguard_iterations=20,
+    )
+
+
+PLANS: Final[dict[str, Any]] = {"quick": _quick, "full": _full}
+
+
+def get_plan(name: str, tasks: tuple[str, ...] | None = None) -> BenchPlan:
+    """Return the named plan, optionally restricted to some tasks.
+
+    Raises:
+        InvalidInputError: If the plan or a task name is unknown.
+    """
+    check_choice("bench plan", name, PLANS)
+    plan: BenchPlan = PLANS[name]()
+    if tasks:
+        known = tuple(task.task for task in plan.tasks)
+        for task in tasks:
+            check_choice("task", task, known)
+        plan = BenchPlan(**{**asdict(plan), "tasks": tuple(t for t in plan.tasks if t.task in tasks)})
+    return plan

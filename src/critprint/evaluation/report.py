@@ -1,0 +1,273 @@
+"""Turn what a benchmark measured into a summary, tables and pictures.
+
+Per task and method the summary holds the ROC area, the true-positive rate at
+the plan's false-positive rate, the success rate per attack, the smallest
+ratio between different source models and the pair counts. The Markdown report
+holds the tables of "Fingerprinting Deep Image Restoration Models" (discriminability matrices,
+robustness, ablation) and the ROC table; the pictures are the matrices as heat maps and a montage of
+critical images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from critprint.evaluation.metrics import summarise_roc
+from critprint.evaluation.plan import BenchPlan
+from critprint.evaluation.runner import PairScore, TaskRun, attacked_name
+from critprint.fingerprint import atomic_write_bytes
+from critprint.images import to_uint8
+
+__all__ = ["summarise_task", "ratio_matrix", "heatmap", "montage", "render_markdown", "write_outputs"]
+
+_METHOD_LABELS = {
+    "critprint": "critprint",
+    "maxobj": "MaxObj",
+    "no-tv": "w/o TV",
+    "projcl": "ProjCL",
+    "poolcl": "PoolCL",
+}
+
+
+def _pairs(run: TaskRun, method: str, kind: str | None = None) -> list[PairScore]:
+    return [pair for pair in run.pairs if pair.method == method and (kind is None or pair.kind == kind)]
+
+
+def ratio_matrix(run: TaskRun, method: str, models: Sequence[str]) -> list[list[float | None]]:
+    """Return the ratio of every (row source, column suspect) negative pair; None on the diagonal or when missing."""
+    lookup = {(pair.source, pair.suspect): pair.ratio for pair in _pairs(run, method, "negative")}
+    return [[None if row == column else lookup.get((row, column)) for column in models] for row in models]
+
+
+def _min_offdiag(matrix: list[list[float | None]]) -> float | None:
+    values = [value for row in matrix for value in row if value is not None]
+    return min(values) if values else None
+
+
+def summarise_task(run: TaskRun, plan: BenchPlan) -> dict[str, Any]:
+    """Return the summary of one task: per method, the ROC, success rates and the smallest off-diagonal ratio."""
+    methods: dict[str, Any] = {}
+    for method in plan.methods:
+        positives = _pairs(run, method, "positive")
+        negatives = _pairs(run, method, "negative")
+        entry: dict[str, Any] = {"positives": len(positives), "negatives": len(negatives)}
+        if positives and negatives:
+            roc = summarise_roc([p.score for p in positives], [p.score for p in negatives], plan.fpr)
+            entry |= {"auc": roc.auc, "tpr_at_1pct_fpr": roc.tpr_at_fpr}
+        else:
+            entry |= {"auc": None, "tpr_at_1pct_fpr": None}
+        entry["success_rate"] = {
+            attack: _rate([p.derived for p in positives if p.attack == attack]) for attack in plan.attacks
+        }
+        entry["false_positive_rate"] = _rate([p.derived for p in negatives])
+        entry["min_offdiag_ratio"] = _min_offdiag(ratio_matrix(run, method, run.plan.sources))
+        hard = run.plan.hard_negatives
+        entry["min_hard_negative_ratio"] = _min_offdiag(ratio_matrix(run, method, hard)) if hard else None
+        if method in run.thresholds:
+            entry["match_rate_threshold"] = run.thresholds[method]
+        entry["false_positives"] = [
+            {"source": p.source, "suspect": p.suspect, "ratio": p.ratio} for p in negatives if p.derived
+        ]
+        methods[method] = entry
+    return {
+        "sources": list(run.plan.sources),
+        "hard_negatives": list(run.plan.hard_negatives),
+        "seconds": round(sum(run.seconds.values()), 1),
+        "methods": methods,
+        "attacks": run.attacks,
+        "failures": run.failures,
+    }
+
+
+def _rate(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+# Pictures ------------------------------------------------------------------
+
+
+def _ratio_colour(ratio: float | None) -> tuple[int, int, int]:
+    """Return the colour of one matrix cell: purple to blue below 1, orange to yellow above, as in Figure 5 of "Fingerprinting Deep Image Restoration Models"."""
+    if ratio is None:
+        return (255, 255, 255)
+    level = min(max(math.log10(max(ratio, 1e-6)), -3.0), 3.0) / 3.0
+    if level < 0:
+        start, end, t = (128, 0, 160), (30, 60, 220), -level
+    else:
+        start, end, t = (240, 130, 20), (250, 230, 40), level
+    return tuple(round(a + (b - a) * t) for a, b in zip(start, end, strict=True))  # type: ignore[return-value]
+
+
+def heatmap(matrix: list[list[float | None]], cell: int = 24) -> bytes:
+    """Render a ratio matrix as PNG bytes; white cells are the diagonal."""
+    size = len(matrix)
+    pixels = np.zeros((size * cell, size * cell, 3), dtype=np.uint8)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            pixels[i * cell : (i + 1) * cell, j * cell : (j + 1) * cell] = _ratio_colour(value)
+    return _png(pixels)
+
+
+def montage(rows: Sequence[Sequence[torch.Tensor | None]], scale: int = 2, gap: int = 4) -> bytes:
+    """Tile critical images (C, H, W) into a grid as PNG bytes; None leaves a blank tile."""
+    sample = next(image for row in rows for image in row if image is not None)
+    height, width = sample.shape[-2] * scale, sample.shape[-1] * scale
+    columns = max(len(row) for row in rows)
+    canvas = np.full((len(rows) * (height + gap) + gap, columns * (width + gap) + gap, 3), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            if image is None:
+                continue
+            tile = to_uint8(image)
+            if tile.ndim == 2:
+                tile = np.repeat(tile[..., None], 3, axis=2)
+            tile = np.kron(tile, np.ones((scale, scale, 1), dtype=np.uint8))
+            top, left = gap + i * (height + gap), gap + j * (width + gap)
+            canvas[top : top + height, left : left + width] = tile[:height, :width]
+    return _png(canvas)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# Markdown --------------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if value != 0 and (abs(value) >= 1000 or abs(value) < 0.01):
+        return f"{value:.2e}"
+    return f"{value:.{digits}g}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _matrix_lines(run: TaskRun, method: str, models: Sequence[str]) -> list[str]:
+    matrix = ratio_matrix(run, method, models)
+    rows = [[f"**{name}**"] + ["-" if v is None else _number(v) for v in row] for name, row in zip(models, matrix, strict=True)]
+    return _table(["source \\ suspect", *models], rows)
+
+
+def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str, Any]) -> str:
+    """Render the benchmark report as Markdown."""
+    lines = [f"# critprint benchmark ({plan.name} plan)", ""]
+    lines += [
+        f"Protocol preset `{plan.protocol}`; attacks: {', '.join(plan.attacks)}; fine-tuning "
+        f"{plan.finetune_steps} steps, distillation {plan.distill_steps} steps; IPGuard "
+        f"{plan.ipguard_points} points, {plan.ipguard_iterations} search steps.",
+        "Ratios are d / eta for the critical-image methods and (1 - match rate) / (1 - threshold) "
+        "for the IPGuard baselines: below 1 means the suspect is judged derived.",
+        "",
+    ]
+    for run in runs:
+        task = run.plan.task
+        task_summary = summary["tasks"][task]
+        lines += [f"## {task}", "", "### Discriminability (critprint, d / eta between source models)", ""]
+        lines += _matrix_lines(run, "critprint", run.plan.sources)
+        lines += ["", f"![{task} sources]({task}/matrix-sources.png)", ""]
+        if run.plan.hard_negatives:
+            lines += ["### Hard negatives (critprint, same architecture, other photos or seeds)", ""]
+            lines += _matrix_lines(run, "critprint", run.plan.hard_negatives)
+            lines += ["", f"![{task} hard negatives]({task}/matrix-hard-negatives.png)", ""]
+
+        lines += ["### Attacks", ""]
+        rows = []
+        for outcome in run.attacks:
+            rows.append([
+                outcome["model"], outcome["parameter"], _number(outcome["strength"]),
+                f"{outcome['psnr_before_db']:.2f}", f"{outcome['psnr_change_db']:+.2f}",
+                "yes" if outcome["within_budget"] else "**no**",
+            ])
+        lines += _table(["attacked copy", "parameter", "strength", "PSNR before (dB)", "change (dB)", "within 1 dB"], rows)
+
+        lines += ["", "### Robustness (ratio per method; below 1 = verified)", ""]
+        methods = plan.methods
+        rows = []
+        for attack in plan.attacks:
+            for source in run.plan.sources:
+                suspect = attacked_name(source, attack)
+                cells = []
+                for method in methods:
+                    match = [p for p in run.pairs if p.method == method and p.source == source and p.suspect == suspect]
+                    cells.append("n/a" if not match else f"{_number(match[0].ratio)} {'✓' if match[0].derived else '✗'}")
+                rows.append([attack, source, *cells])
+        lines += _table(["attack", "source", *(_METHOD_LABELS[m] for m in methods)], rows)
+        lines += ["", "Success rate per attack:", ""]
+        rows = []
+        for attack in plan.attacks:
+            cells = [_fraction(run, method, attack) for method in methods]
+            rows.append([attack, *cells])
+        lines += _table(["attack", *(_METHOD_LABELS[m] for m in methods)], rows)
+
+        lines += ["", "### Ablation and ROC", ""]
+        rows = []
+        for method in methods:
+            entry = task_summary["methods"][method]
+            rows.append([
+                _METHOD_LABELS[method], _number(entry["auc"]), _number(entry["tpr_at_1pct_fpr"]),
+                _number(entry["min_offdiag_ratio"]), _number(entry["min_hard_negative_ratio"]),
+                _number(entry["false_positive_rate"]), str(entry["positives"]), str(entry["negatives"]),
+            ])
+        lines += _table(["method", "AUC", "TPR at 1 % FPR", "min ratio, sources", "min ratio, hard negatives",
+                         "false-positive rate", "positives", "negatives"], rows)
+        if "critprint" in methods:
+            lines += ["", *_false_positive_lines(task_summary["methods"]["critprint"])]
+        lines += ["", f"![{task} critical images]({task}/montage.png)", "",
+                  "Montage rows: " + ", ".join(run.plan.sources) + "; columns: the source, then "
+                  + ", ".join(plan.attacks) + ".", ""]
+        if run.failures:
+            lines += ["### Failures", ""] + [f"- {item['job']}: {item['error']}" for item in run.failures] + [""]
+    return "\n".join(lines)
+
+
+def _false_positive_lines(entry: dict[str, Any]) -> list[str]:
+    """List the pairs of different models that critprint judged derived."""
+    wrong = entry["false_positives"]
+    lines = [f"critprint judged {len(wrong)} of {entry['negatives']} pairs of different models derived."]
+    lines += [f"- {item['source']} vs {item['suspect']}: d / eta = {_number(item['ratio'])}" for item in wrong]
+    return lines
+
+
+def _fraction(run: TaskRun, method: str, attack: str) -> str:
+    flags = [p.derived for p in run.pairs if p.method == method and p.kind == "positive" and p.attack == attack]
+    return f"{sum(flags)}/{len(flags)}" if flags else "n/a"
+
+
+def write_outputs(plan: BenchPlan, runs: Sequence[TaskRun], out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Write summary.json, pairs.json, report.md and the pictures; return the summary."""
+    summary: dict[str, Any] = {**extra, "plan": plan.to_dict(), "tasks": {}}
+    for run in runs:
+        summary["tasks"][run.plan.task] = summarise_task(run, plan)
+        folder = out_dir / run.plan.task
+        atomic_write_bytes(folder / "matrix-sources.png", heatmap(ratio_matrix(run, "critprint", run.plan.sources)))
+        if run.plan.hard_negatives:
+            atomic_write_bytes(folder / "matrix-hard-negatives.png",
+                               heatmap(ratio_matrix(run, "critprint", run.plan.hard_negatives)))
+        images = run.images.get("critprint", {})
+        if images:
+            rows = [[images.get(source)] + [images.get(attacked_name(source, a)) for a in plan.attacks]
+                    for source in run.plan.sources]
+            if any(image is not None for row in rows for image in row):
+                atomic_write_bytes(folder / "montage.png", montage(rows))
+    pairs = [pair.__dict__ | {"task": run.plan.task} for run in runs for pair in run.pairs]
+    atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(out_dir / "pairs.json", (json.dumps(pairs, indent=1) + "\n").encode())
+    atomic_write_bytes(out_dir / "report.md", render_markdown(plan, runs, summary).encode())
+    return summary

@@ -1,0 +1,345 @@
+"""Run a benchmark plan: make the attacked copies, fingerprint every model with every method, score every pair.
+
+Everything a run computes is kept under its output folder (attacked models,
+fingerprint files, IPGuard fingerprints), each file written atomically, so an
+interrupted run resumes where it stopped and a finished one is not redone.
+A cached file is reused only when it records the same model hash and the same
+settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from critprint import zoo
+from critprint.api import fingerprint_model
+from critprint.attacks import RestorationTask, run_attack
+from critprint.baselines import IPGuardFingerprint, IPGuardSettings, ipguard_fingerprint, match_rate
+from critprint.decision import decide
+from critprint.errors import CritprintError, FingerprintFormatError
+from critprint.evaluation.plan import BenchPlan, TaskPlan
+from critprint.fingerprint import Fingerprint, atomic_write_bytes, load_fingerprint, save_fingerprint
+from critprint.models import ModelHandle, load_model, read_state_dict, save_state_dict
+from critprint.protocol import Protocol, get_protocol
+
+__all__ = ["PairScore", "TaskRun", "BenchProgress", "run_task", "method_protocol", "IPGUARD_HEADS"]
+
+logger = logging.getLogger(__name__)
+
+BenchProgress = Callable[[int, int, str], None]
+"""Called as ``progress(done, total, label)`` before each job of a run and once at the end."""
+
+IPGUARD_HEADS = {"projcl": "projection", "poolcl": "pool"}
+"""IPGuard baselines and the classifier head each puts on the restoration model."""
+
+_RATIO_FLOOR = 1e-12
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """One (source, suspect) comparison by one method.
+
+    Attributes:
+        method: The fingerprinting method.
+        source: The model whose fingerprint is compared against.
+        suspect: The model under test.
+        kind: ``positive`` (an attacked copy of the source) or ``negative``
+            (another unattacked model).
+        attack: The attack that made a positive's suspect; None for negatives.
+        hard: True when either model is a hard negative (same architecture,
+            other photos or seed).
+        value: The method's raw statistic: d / eta, or the IPGuard match rate.
+        ratio: Normalised so that below 1 means derived.
+        score: Larger means more confidently derived; used for the ROC.
+        derived: The method's verdict.
+    """
+
+    method: str
+    source: str
+    suspect: str
+    kind: str
+    attack: str | None
+    hard: bool
+    value: float
+    ratio: float
+    score: float
+    derived: bool
+
+
+@dataclass
+class TaskRun:
+    """Everything a benchmark measured on one task."""
+
+    plan: TaskPlan
+    attacks: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[PairScore] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    images: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def method_protocol(method: str, base: Protocol) -> Protocol:
+    """Return the extraction protocol of a critical-image method (``critprint``, ``maxobj``, ``no-tv``)."""
+    if method == "maxobj":
+        return base.replace(objective="maximise")
+    if method == "no-tv":
+        return base.replace(tv_weight=0.0)
+    return base
+
+
+def attacked_name(source: str, attack: str) -> str:
+    """Name of a source's attacked copy in tables and file names."""
+    return f"{source}+{attack}"
+
+
+class _TaskRunner:
+    def __init__(self, plan: BenchPlan, task: TaskPlan, out_dir: Path) -> None:
+        self.plan = plan
+        self.task = task
+        self.folder = out_dir / task.task
+        self.base_protocol = get_protocol(plan.protocol, task.task, scale=task.scale)  # type: ignore[arg-type]
+        self.restoration = RestorationTask(
+            task=task.task,
+            scale=task.scale,
+            finetune_steps=plan.finetune_steps,
+            distill_steps=plan.distill_steps,
+        )
+        self.paths: dict[str, Path] = {name: zoo.model_path(name) for name in task.references}
+        self.handles: dict[str, ModelHandle] = {}
+        self.result = TaskRun(plan=task)
+
+    # Models -------------------------------------------------------------
+
+    def handle(self, name: str) -> ModelHandle:
+        if name not in self.handles:
+            self.handles[name] = load_model(self.paths[name])
+        return self.handles[name]
+
+    def make_attack(self, source: str, attack: str) -> None:
+        name = attacked_name(source, attack)
+        weights = self.folder / "models" / f"{name}.safetensors"
+        record = self.folder / "models" / f"{name}.json"
+        source_hash = self.handle(source).sha256
+        # Compare settings after a JSON round trip, which turns tuples into lists.
+        settings = json.loads(json.dumps(asdict(self.restoration)))
+        if weights.exists() and record.exists():
+            outcome = json.loads(record.read_text(encoding="utf-8"))
+            if outcome.get("source_sha256") == source_hash and outcome.get("restoration") == settings:
+                self.paths[name] = weights
+                self.result.attacks.append(outcome)
+                return
+        start = time.perf_counter()
+        attacked, result = run_attack(attack, read_state_dict(self.paths[source]), self.restoration)
+        save_state_dict(attacked, weights)
+        outcome = {"source": source, "model": name, "source_sha256": source_hash,
+                   "restoration": settings, **result.to_dict()}
+        atomic_write_bytes(record, (json.dumps(outcome, indent=2) + "\n").encode())
+        self.paths[name] = weights
+        self.result.attacks.append(outcome)
+        logger.info("%s: PSNR change %+.2f dB in %.1f s", name, result.psnr_change_db, time.perf_counter() - start)
+
+    # Critical-image methods ----------------------------------------------
+
+    def fingerprint(self, method: str, name: str) -> Fingerprint:
+        protocol = method_protocol(method, self.base_protocol)
+        path = self.folder / "fingerprints" / method / f"{name}.safetensors"
+        handle = self.handle(name)
+        if path.exists():
+            try:
+                cached = load_fingerprint(path)
+                if cached.protocol == protocol and cached.model.sha256 == handle.sha256:
+                    return cached
+            except FingerprintFormatError as error:
+                logger.warning("recomputing %s: %s", path, error)
+        record = fingerprint_model(handle, protocol)
+        save_fingerprint(record, path)
+        return record
+
+    def score_critical(self, method: str, records: dict[str, Fingerprint]) -> None:
+        def add(source: str, suspect: str, kind: str, attack: str | None) -> None:
+            protocol = records[source].protocol
+            decision = decide(records[source].features, records[suspect].features, protocol.alpha, protocol.sigma_h)
+            self.result.pairs.append(PairScore(
+                method=method, source=source, suspect=suspect, kind=kind, attack=attack,
+                hard=self.is_hard(source, suspect), value=decision.ratio, ratio=decision.ratio,
+                score=-math.log10(max(decision.ratio, _RATIO_FLOOR)), derived=decision.verdict == "derived",
+            ))
+
+        self.each_pair(add, records)
+        self.result.images[method] = {name: record.critical_image for name, record in records.items()}
+
+    # IPGuard baselines -----------------------------------------------------
+
+    def ipguard_settings(self, method: str) -> IPGuardSettings:
+        return IPGuardSettings(
+            head=IPGUARD_HEADS[method],
+            points=self.plan.ipguard_points,
+            size=min(self.plan.ipguard_size, self.base_protocol.input_size),
+            iterations=self.plan.ipguard_iterations,
+            seed=self.base_protocol.seed,
+        )
+
+    def ipguard(self, method: str, name: str) -> IPGuardFingerprint:
+        settings = self.ipguard_settings(method)
+        path = self.folder / "fingerprints" / method / f"{name}.safetensors"
+        handle = self.handle(name)
+        key = json.dumps({"settings": asdict(settings), "sha256": handle.sha256}, sort_keys=True)
+        if path.exists():
+            try:
+                data = path.read_bytes()
+                header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+                if header.get("__metadata__", {}).get("critprint-ipguard") == key:
+                    tensors = load_tensors(data)
+                    return IPGuardFingerprint(settings=settings, points=tensors["points"], labels=tensors["labels"])
+            except (SafetensorError, ValueError, KeyError) as error:
+                logger.warning("recomputing %s: %s", path, error)
+        record = ipguard_fingerprint(handle, settings)
+        data = save_tensors({"points": record.points.contiguous(), "labels": record.labels.contiguous()},
+                            metadata={"critprint-ipguard": key})
+        atomic_write_bytes(path, data)
+        return record
+
+    def score_ipguard(self, method: str, records: dict[str, IPGuardFingerprint]) -> None:
+        rates: dict[tuple[str, str], float] = {}
+
+        def collect(source: str, suspect: str, kind: str, attack: str | None) -> None:
+            rates[(source, suspect)] = match_rate(self.handle(suspect), records[source])
+
+        self.each_pair(collect, records, self.paths)
+        # The rule of "Fingerprinting Deep Image Restoration Models": the lowest threshold under which every pair
+        # of different source models is told apart.
+        sources = set(self.task.sources)
+        source_rates = [rate for (a, b), rate in rates.items() if a in sources and b in sources and a != b]
+        threshold = max(source_rates, default=0.0)
+        self.result.thresholds[method] = threshold
+
+        def add(source: str, suspect: str, kind: str, attack: str | None) -> None:
+            rate = rates[(source, suspect)]
+            ratio = (1.0 - rate) / (1.0 - threshold) if threshold < 1.0 else 2.0 - rate
+            self.result.pairs.append(PairScore(
+                method=method, source=source, suspect=suspect, kind=kind, attack=attack,
+                hard=self.is_hard(source, suspect), value=rate, ratio=ratio, score=rate, derived=rate > threshold,
+            ))
+
+        self.each_pair(add, records, self.paths)
+
+    # Pairs -------------------------------------------------------------------
+
+    def is_hard(self, source: str, suspect: str) -> bool:
+        hard = set(self.task.hard_negatives)
+        return source in hard or suspect.split("+")[0] in hard
+
+    def each_pair(
+        self,
+        visit: Callable[[str, str, str, str | None], None],
+        records: dict[str, Any],
+        suspects: set[str] | dict[str, Any] | None = None,
+    ) -> None:
+        """Visit every positive (source, attacked copy) and every negative (reference, other reference).
+
+        A pair is visited when its source is in ``records`` and its suspect in
+        ``suspects`` (default: ``records``), so pairs of failed jobs are skipped.
+        """
+        available = records if suspects is None else suspects
+        for source in self.task.sources:
+            for attack in self.plan.attacks:
+                suspect = attacked_name(source, attack)
+                if source in records and suspect in available:
+                    visit(source, suspect, "positive", attack)
+        for source in self.task.references:
+            for suspect in self.task.references:
+                if source != suspect and source in records and suspect in available:
+                    visit(source, suspect, "negative", None)
+
+
+def _jobs(runner: _TaskRunner) -> list[tuple[str, Callable[[], None]]]:
+    """List the task's jobs in order; later jobs read what earlier ones made."""
+    plan, task = runner.plan, runner.task
+    jobs: list[tuple[str, Callable[[], None]]] = []
+    for source in task.sources:
+        for attack in plan.attacks:
+            jobs.append((f"{task.task}: attack {source} with {attack}",
+                         lambda s=source, a=attack: runner.make_attack(s, a)))
+
+    for method in plan.methods:
+        if method in IPGUARD_HEADS:
+            ipguard_records: dict[str, IPGuardFingerprint] = {}
+            for name in task.references:
+                jobs.append((f"{task.task}: {method} fingerprint of {name}",
+                             lambda m=method, n=name, r=ipguard_records: r.__setitem__(n, runner.ipguard(m, n))))
+            jobs.append((f"{task.task}: {method} match rates",
+                         lambda m=method, r=ipguard_records: runner.score_ipguard(m, r)))
+        else:
+            critical_records: dict[str, Fingerprint] = {}
+            for name in _planned_models(runner):
+                jobs.append((f"{task.task}: {method} fingerprint of {name}",
+                             lambda m=method, n=name, r=critical_records: _fingerprint_if_present(runner, m, n, r)))
+            jobs.append((f"{task.task}: {method} distances",
+                         lambda m=method, r=critical_records: runner.score_critical(m, r)))
+    return jobs
+
+
+def _planned_models(runner: _TaskRunner) -> list[str]:
+    names = list(runner.task.references)
+    for source in runner.task.sources:
+        names += [attacked_name(source, attack) for attack in runner.plan.attacks]
+    return names
+
+
+def _fingerprint_if_present(runner: _TaskRunner, method: str, name: str, records: dict[str, Fingerprint]) -> None:
+    # An attacked copy is missing when its attack failed; that is recorded once.
+    if name in runner.paths:
+        records[name] = runner.fingerprint(method, name)
+
+
+def count_jobs(plan: BenchPlan) -> int:
+    """Return the number of jobs a plan runs, for progress reporting."""
+    total = 0
+    for task in plan.tasks:
+        attacked = len(task.sources) * len(plan.attacks)
+        total += attacked
+        for method in plan.methods:
+            total += (len(task.references) if method in IPGUARD_HEADS else len(task.references) + attacked) + 1
+    return total
+
+
+def run_task(
+    plan: BenchPlan,
+    task: TaskPlan,
+    out_dir: Path,
+    progress: BenchProgress | None = None,
+    done_before: int = 0,
+    total: int | None = None,
+) -> TaskRun:
+    """Run every job of one task and return what it measured.
+
+    A job that fails with a critprint or model error is logged and recorded
+    in ``TaskRun.failures``; the pairs it would have fed are left out.
+    """
+    runner = _TaskRunner(plan, task, out_dir)
+    jobs = _jobs(runner)
+    total = total if total is not None else len(jobs)
+    for index, (label, job) in enumerate(jobs):
+        if progress is not None:
+            progress(done_before + index, total, label)
+        start = time.perf_counter()
+        try:
+            job()
+        except (CritprintError, RuntimeError, ValueError) as error:
+            logger.warning("%s failed: %s", label, error)
+            runner.result.failures.append({"job": label, "error": f"{type(error).__name__}: {error}"})
+        runner.result.seconds[label] = round(time.perf_counter() - start, 3)
+    return runner.result

@@ -1,0 +1,144 @@
+"""The benchmark: ROC arithmetic, pictures, and `critprint bench --quick` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from critprint.cli.app import app
+from critprint.errors import InvalidInputError
+from critprint.evaluation import get_plan
+from critprint.evaluation.metrics import roc_auc, roc_curve, summarise_roc, tpr_at_fpr
+from critprint.evaluation.report import _ratio_colour, heatmap, montage
+
+runner = CliRunner()
+
+
+def test_auc_counts_ties_as_half() -> None:
+    # Pairs (pos, neg): 3>1, 3>2, 2>1 win; 2 == 2 ties: (3 + 0.5) / 4.
+    assert roc_auc([3.0, 2.0], [1.0, 2.0]) == pytest.approx(0.875)
+    assert roc_auc([5.0], [1.0, 2.0]) == 1.0
+    assert roc_auc([0.0], [1.0, 2.0]) == 0.0
+
+
+def test_tpr_at_fpr_allows_no_false_positive_with_few_negatives() -> None:
+    positives = [0.9, 0.8, 0.3]
+    negatives = [0.5, 0.1]
+    # Any threshold at or below 0.5 accepts a negative (50 % FPR), so only 0.9 and 0.8 pass.
+    assert tpr_at_fpr(positives, negatives, 0.01) == pytest.approx(2 / 3)
+    assert tpr_at_fpr(positives, negatives, 0.5) == 1.0
+    fpr, tpr = roc_curve(positives, negatives)
+    assert fpr[0] == 0.0 and tpr[0] == 0.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
+    assert list(fpr) == sorted(fpr) and list(tpr) == sorted(tpr)
+
+
+def test_roc_rejects_empty_and_non_finite_scores() -> None:
+    with pytest.raises(InvalidInputError, match="at least one positive"):
+        roc_auc([], [1.0])
+    with pytest.raises(InvalidInputError, match="finite"):
+        roc_auc([math.inf], [1.0])
+    with pytest.raises(InvalidInputError, match="false-positive rate"):
+        tpr_at_fpr([1.0], [0.0], 1.5)
+    summary = summarise_roc([1.0, 2.0], [0.0])
+    assert (summary.auc, summary.positives, summary.negatives) == (1.0, 2, 1)
+
+
+def test_heatmap_colours_follow_the_threshold() -> None:
+    below, above = _ratio_colour(0.1), _ratio_colour(10.0)
+    assert below[2] > below[1] and above[0] > above[2]  # blue-purple below 1, orange-yellow above
+    assert _ratio_colour(None) == (255, 255, 255)
+    png = heatmap([[None, 0.5], [2.0, None]], cell=4)
+    assert png.startswith(b"\x89PNG")
+
+
+def test_montage_leaves_blank_tiles() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    image = torch.zeros(3, 8, 8)
+    picture = Image.open(BytesIO(montage([[image, None]], scale=1, gap=2)))
+    assert picture.size == (2 * (8 + 2) + 2, 8 + 2 * 2)
+    pixels = picture.load()
+    assert pixels[3, 3] == (0, 0, 0) and pixels[13, 3] == (255, 255, 255)
+
+
+def test_plan_rejects_unknown_names() -> None:
+    with pytest.raises(InvalidInputError, match="invalid bench plan 'huge'"):
+        get_plan("huge")
+    with pytest.raises(InvalidInputError, match="invalid task 'deblur'"):
+        get_plan("quick", ("deblur",))
+    plan = get_plan("full")
+    for task in plan.tasks:
+        assert len(task.sources) >= 6, task
+        assert len({task.sources, task.hard_negatives}) == 2
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, float]:
+    out = tmp_path_factory.mktemp("bench")
+    start = time.perf_counter()
+    result = runner.invoke(app, ["bench", "--quick", "--out", str(out), "--quiet"])
+    seconds = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "summary.json").read_text()), seconds
+
+
+def test_quick_bench_writes_the_summary(quick_bench: tuple[Path, dict, float]) -> None:
+    out, summary, _ = quick_bench
+    plan = get_plan("quick")
+    assert set(summary["tasks"]) == {"denoise", "sr"}
+    for task in plan.tasks:
+        task_summary = summary["tasks"][task.task]
+        assert task_summary["failures"] == []
+        references = len(task.references)
+        for method in plan.methods:
+            entry = task_summary["methods"][method]
+            assert entry["positives"] == len(task.sources) * len(plan.attacks)
+            assert entry["negatives"] == references * (references - 1)
+            assert 0.0 <= entry["auc"] <= 1.0 and 0.0 <= entry["tpr_at_1pct_fpr"] <= 1.0
+            assert set(entry["success_rate"]) == set(plan.attacks)
+            assert all(0.0 <= rate <= 1.0 for rate in entry["success_rate"].values())
+            assert entry["min_offdiag_ratio"] > 0
+        # The IPGuard threshold is set so that every pair of sources is told apart.
+        for method in ("projcl", "poolcl"):
+            assert task_summary["methods"][method]["min_offdiag_ratio"] >= 1.0
+        assert len(task_summary["attacks"]) == len(task.sources) * len(plan.attacks)
+        for name in ("matrix-sources.png", "montage.png"):
+            assert (out / task.task / name).read_bytes().startswith(b"\x89PNG")
+    report = (out / "report.md").read_text()
+    assert "### Robustness" in report and "TPR at 1 % FPR" in report
+
+
+def test_quick_bench_pairs_agree_with_the_summary(quick_bench: tuple[Path, dict, float]) -> None:
+    out, summary, _ = quick_bench
+    pairs = json.loads((out / "pairs.json").read_text())
+    for task, task_summary in summary["tasks"].items():
+        for method, entry in task_summary["methods"].items():
+            rows = [row for row in pairs if row["task"] == task and row["method"] == method]
+            assert all((row["ratio"] < 1) == row["derived"] for row in rows if method in ("critprint", "maxobj", "no-tv"))
+            prune = [row["derived"] for row in rows if row["attack"] == "prune"]
+            assert entry["success_rate"]["prune"] == pytest.approx(sum(prune) / len(prune))
+
+
+def test_quick_bench_reuses_finished_work(quick_bench: tuple[Path, dict, float]) -> None:
+    out, summary, first_seconds = quick_bench
+    start = time.perf_counter()
+    result = runner.invoke(app, ["bench", "--quick", "--out", str(out), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.output)
+    assert time.perf_counter() - start < first_seconds / 2
+    for task in summary["tasks"]:
+        assert again["tasks"][task]["methods"] == summary["tasks"][task]["methods"]
+
+
+def test_bench_rejects_an_unknown_task(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", "--quick", "--task", "deblur", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "deblur" in result.output
