@@ -59,8 +59,9 @@ def check_compatible(handle: ModelHandle, protocol: Protocol) -> None:
 
     Raises:
         IncompatibleModelError: If the model's channels or scale do not fit
-            the protocol's task, or its minimum input size exceeds the
-            protocol's input size.
+            the protocol's task, its minimum input size exceeds the
+            protocol's input size, or it accepts one input size only and
+            the protocol's differs.
     """
     if handle.input_channels != handle.output_channels:
         raise IncompatibleModelError(
@@ -80,6 +81,13 @@ def check_compatible(handle: ModelHandle, protocol: Protocol) -> None:
         raise IncompatibleModelError(
             f"critical image of {protocol.size} px gives a {protocol.input_size} px model input, below the "
             f"minimum {handle.minimum_size} px of {handle.architecture}; use a larger protocol size"
+        )
+    required = handle.required_size
+    if required is not None and protocol.input_size != required:
+        raise IncompatibleModelError(
+            f"model {handle.source} accepts only {required} x {required} inputs, but the protocol gives it "
+            f"{protocol.input_size} x {protocol.input_size}; register the source with --size {required * protocol.scale}, "
+            "or re-export the model with dynamic height and width axes"
         )
 
 

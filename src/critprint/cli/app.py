@@ -12,7 +12,7 @@ import tempfile
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -28,10 +28,19 @@ from critprint.cli.output import (
     verification_table,
 )
 from critprint.demo import DEMO_PRUNE_FRACTION, run_demo
-from critprint.errors import ModelLoadError
+from critprint.errors import InvalidInputError, ModelLoadError
 from critprint.fingerprint import load_fingerprint, save_fingerprint
 from critprint.images import write_png
-from critprint.models import infer_task, load_model, read_state_dict, save_state_dict
+from critprint.models import (
+    ArchSpec,
+    ModelHandle,
+    infer_task,
+    load_model,
+    parse_arch_kwargs,
+    parse_arch_spec,
+    read_state_dict,
+    save_state_dict,
+)
 from critprint.registry import Registry
 
 __all__ = ["app", "main"]
@@ -78,10 +87,46 @@ TorchScriptOption = Annotated[
         help="Allow TorchScript model files. Their code runs when the model is called: use only trusted files.",
     ),
 ]
+ArchOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--arch",
+        metavar="MODULE:CALLABLE",
+        help=(
+            "Build the network with this Python callable (package.module:callable, importable through "
+            "PYTHONPATH) and load the model file as its state dict, for architectures spandrel does not detect. "
+            "Importing the module runs its code: use only code you trust."
+        ),
+    ),
+]
+ArchKwargsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--arch-kwargs", metavar="JSON", help='Keyword arguments of the --arch callable, a JSON object: \'{"nc": 32}\'.'
+    ),
+]
 TaskOption = Annotated[
     Optional[TaskName],
     typer.Option("--task", help="Restoration task; inferred when the model states it (scale > 1 means sr)."),
 ]
+
+
+def _arch_arguments(arch: str | None, arch_kwargs: str | None) -> tuple[ArchSpec | None, dict[str, Any] | None]:
+    """Parse --arch and --arch-kwargs, exiting with status 2 on a malformed value."""
+    if arch_kwargs is not None and arch is None:
+        usage_error("--arch-kwargs needs --arch package.module:callable")
+    try:
+        spec = parse_arch_spec(arch) if arch is not None else None
+        kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs is not None else None
+    except InvalidInputError as error:
+        usage_error(str(error))
+    return spec, kwargs
+
+
+def _load(model: str, torchscript: bool, arch: tuple[ArchSpec | None, dict[str, Any] | None]) -> ModelHandle:
+    """Load MODEL with the format options of a command."""
+    spec, kwargs = arch
+    return load_model(model, allow_torchscript=torchscript, arch=spec, arch_kwargs=kwargs)
 
 
 def _configure_logging(debug: bool) -> None:
@@ -102,7 +147,7 @@ def _root(
 
 @app.command()
 def register(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.pth, .pt, .ckpt, .safetensors, TorchScript) or zoo:NAME.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.pth, .pt, .ckpt, .safetensors, .onnx, TorchScript) or zoo:NAME.")],
     name: Annotated[str, typer.Option("--name", help="Unique name for the fingerprint.")],
     task: TaskOption = None,
     protocol: Annotated[ProtocolName, typer.Option("--protocol", help="Extraction protocol preset.")] = ProtocolName.quick,
@@ -114,6 +159,8 @@ def register(
     ] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the random seed.")] = None,
     torchscript: TorchScriptOption = False,
+    arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -124,10 +171,11 @@ def register(
     Overriding --size, --iterations or --seed records the protocol as "custom".
     """
     _configure_logging(debug)
+    architecture = _arch_arguments(arch, arch_kwargs)
     start = time.perf_counter()
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         store = Registry(registry)
-        handle = load_model(model, allow_torchscript=torchscript)
+        handle = _load(model, torchscript, architecture)
         settings = api.resolve_protocol(handle, protocol.value, task.value if task else None)
         overrides = {
             key: value for key, value in (("size", size), ("iterations", iterations), ("seed", seed))
@@ -152,6 +200,8 @@ def verify(
         Optional[Path], typer.Option("--fingerprint", help="Source fingerprint file, instead of --against.")
     ] = None,
     torchscript: TorchScriptOption = False,
+    arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -164,6 +214,7 @@ def verify(
     _configure_logging(debug)
     if (against is None) == (fingerprint is None):
         usage_error("pass exactly one of --against NAME or --fingerprint FILE")
+    architecture = _arch_arguments(arch, arch_kwargs)
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         if fingerprint is not None:
             source = load_fingerprint(fingerprint)
@@ -171,7 +222,7 @@ def verify(
         else:
             source_name = against or ""
             source = Registry(registry).load(source_name)
-        handle = load_model(suspect, allow_torchscript=torchscript)
+        handle = _load(suspect, torchscript, architecture)
         result = api.verify(handle, source, source_name, progress.callback(f"verify {suspect}"))
     if json_output:
         print_json(result.to_dict())
@@ -185,6 +236,8 @@ def identify(
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="Show only the K closest fingerprints.")] = None,
     task: TaskOption = None,
     torchscript: TorchScriptOption = False,
+    arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -192,9 +245,10 @@ def identify(
 ) -> None:
     """Compare SUSPECT with every registered fingerprint of its task, closest first."""
     _configure_logging(debug)
+    architecture = _arch_arguments(arch, arch_kwargs)
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         results = api.identify(
-            load_model(suspect, allow_torchscript=torchscript),
+            _load(suspect, torchscript, architecture),
             Registry(registry),
             top=top,
             task=task.value if task else None,
