@@ -68,11 +68,26 @@ def _as_handle(model: ModelSpec) -> ModelHandle:
     return model if isinstance(model, ModelHandle) else load_model(model)
 
 
-def resolve_protocol(handle: ModelHandle, protocol: str | Protocol = "quick", task: str | None = None) -> Protocol:
+def resolve_protocol(
+    handle: ModelHandle,
+    protocol: str | Protocol = "quick",
+    task: str | None = None,
+    custom_degradation: str | None = None,
+) -> Protocol:
     """Return the protocol to fingerprint ``handle`` with.
 
     A preset name is resolved for the model's task and scale; a
-    :class:`Protocol` is checked against them.
+    :class:`Protocol` is checked against them. Random parameters left open
+    (a motion kernel's angle) are drawn from the seed and recorded
+    (:meth:`Protocol.resolved`).
+
+    Args:
+        handle: The loaded model.
+        protocol: A preset name or a protocol.
+        task: The task; inferred when the model states it, and ``"custom"``
+            when only ``custom_degradation`` is given.
+        custom_degradation: ``package.module:function`` of a custom
+            degradation, for a preset name only.
 
     Raises:
         InvalidInputError: If the preset name is unknown.
@@ -84,7 +99,10 @@ def resolve_protocol(handle: ModelHandle, protocol: str | Protocol = "quick", ta
             raise IncompatibleModelError(
                 f"protocol task {protocol.task!r} does not match the model's task {resolved_task!r}"
             )
-        return protocol
+        return protocol.resolved()
+    if custom_degradation:
+        resolved = infer_task(handle, task or "custom")
+        return get_protocol(protocol, resolved, scale=handle.scale, custom_degradation=custom_degradation)
     return get_protocol(protocol, infer_task(handle, task), scale=handle.scale)
 
 
@@ -111,7 +129,8 @@ def fingerprint_model(
     Args:
         model: A path, ``zoo:NAME`` or a loaded handle.
         protocol: A preset name (``"paper"``, ``"quick"``) or a protocol.
-        task: ``"denoise"`` or ``"sr"``; inferred when the model states it.
+        task: One of :data:`critprint.protocol.TASKS`; inferred when the
+            model states it.
         progress: Optional ``callback(step, total, loss)``.
     """
     handle = _as_handle(model)
@@ -259,7 +278,9 @@ def identify(
         except (RegistryError, FingerprintFormatError) as error:
             logger.warning("skipping %s: %s", entry.name, error)
             continue
-        groups.setdefault(entry.protocol_json, []).append((entry, fingerprint))
+        # The parsed protocol, not the stored text: records written before a
+        # field was added lack its key but describe the same extraction.
+        groups.setdefault(fingerprint.protocol.to_json(), []).append((entry, fingerprint))
 
     results: list[Verification] = []
     for members in groups.values():

@@ -100,7 +100,8 @@ def extract_critical_image(
 
     Every random draw (the initial image, then the degradation noise of each
     step) comes from one ``torch.Generator`` seeded with ``protocol.seed``, in
-    a fixed order. So the same model and protocol give the same image bit for
+    a fixed order; fixed draws of a degradation (a rain layer, a motion angle)
+    come from generators derived from the same seed. So the same model and protocol give the same image bit for
     bit on the same machine and thread count, and a suspect receives exactly the
     source's draws.
 
@@ -117,6 +118,8 @@ def extract_critical_image(
             output shape is wrong or not finite.
     """
     check_compatible(handle, protocol)
+    protocol = protocol.resolved()
+    handle = handle.with_noise_map_level(protocol.noise_map_level)
     degradation = get_degradation(protocol.task)
     channels = handle.input_channels
     shape = (1, channels, protocol.size, protocol.size)

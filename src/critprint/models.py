@@ -23,6 +23,7 @@ it must come from a source the caller trusts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -103,6 +104,8 @@ class ModelHandle:
             not (an architecture that adds a noise-level channel).
         required_size: The only input side the model accepts (an ONNX graph
             with a fixed height or width), or None when any size fits.
+        noise_map: The architecture takes a generated constant noise-level
+            map as an extra input channel (DRUNet, FDnCNN).
     """
 
     module: nn.Module
@@ -119,6 +122,18 @@ class ModelHandle:
     task_hint: Task | None = None
     call: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     required_size: int | None = None
+    noise_map: bool = False
+
+    def with_noise_map_level(self, level: float | None) -> ModelHandle:
+        """Return a handle that feeds a noise-level map of ``level`` ([0, 1] scale).
+
+        None keeps the architecture's default map (spandrel's, 15/255), and a
+        model without a noise-level map ignores the level, so a suspect of
+        another architecture can be probed with a source's protocol.
+        """
+        if level is None or not self.noise_map:
+            return self
+        return dataclasses.replace(self, call=_noise_map_call(level))
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Run the model on a (B, C_in, H, W) float batch, keeping gradients.
@@ -155,6 +170,17 @@ class ModelHandle:
             "output_channels": self.output_channels,
             "scale": self.scale,
         }
+
+
+def _noise_map_call(level: float) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """Return a call function that appends a constant noise-level map, as spandrel's does."""
+
+    def call(module: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = image.shape
+        noise_map = image.new_full((batch, 1, height, width), level)
+        return module(torch.cat([image, noise_map], dim=1))
+
+    return call
 
 
 def file_sha256(path: Path) -> str:
@@ -302,6 +328,8 @@ def _load_spandrel(path: Path, source: str, task_hint: Task | None, sha256: str)
     # generated inputs such as a noise-level map.
     # NOTE: _call_fn is private in spandrel 0.4; fall back to module(x) without it.
     call = getattr(descriptor, "_call_fn", None)
+    architecture = descriptor.architecture.id
+    noise_map = architecture == "DRUNet" or getattr(descriptor.model, "mode", None) == "FDnCNN"
     return ModelHandle(
         module=_freeze(descriptor.model),
         source=source,
@@ -316,6 +344,7 @@ def _load_spandrel(path: Path, source: str, task_hint: Task | None, sha256: str)
         minimum_size=requirements.minimum,
         task_hint=task_hint,
         call=call,
+        noise_map=noise_map,
     )
 
 
@@ -743,8 +772,9 @@ def load_model(
 def infer_task(handle: ModelHandle, requested: str | None = None) -> Task:
     """Return the task to fingerprint a model with.
 
-    A model with scale > 1 is ``sr``; otherwise the requested task, or the
-    task its source states (a bundled model, a denoising-only architecture).
+    A model with scale > 1 is ``sr`` (or ``custom`` when requested);
+    otherwise the requested task, or the task its source states (a bundled
+    model, a denoising-only architecture).
 
     Raises:
         IncompatibleModelError: If the request contradicts the model's scale,
@@ -754,17 +784,18 @@ def infer_task(handle: ModelHandle, requested: str | None = None) -> Task:
         listed = ", ".join(TASKS)
         raise IncompatibleModelError(f"invalid task {requested!r}: expected one of {listed}")
     if handle.scale > 1:
-        if requested not in (None, "sr"):
+        if requested not in (None, "sr", "custom"):
             raise IncompatibleModelError(
                 f"model {handle.source} upscales by {handle.scale}, so its task is sr, not {requested}; "
                 "drop --task or pass --task sr"
             )
-        return "sr"
+        return "custom" if requested == "custom" else "sr"
     if requested == "sr":
         raise IncompatibleModelError(f"model {handle.source} has scale 1, so it cannot be an sr model; pass --task denoise")
     task = requested or handle.task_hint
     if task is None:
         raise IncompatibleModelError(
-            f"cannot infer the task of {handle.source} ({handle.architecture}, scale 1); pass --task denoise"
+            f"cannot infer the task of {handle.source} ({handle.architecture}, scale 1); pass --task denoise "
+            "(or deblur, lowlight, derain, jpeg, custom)"
         )
     return task  # type: ignore[return-value]

@@ -71,6 +71,11 @@ class TaskName(str, Enum):
 
     denoise = "denoise"
     sr = "sr"
+    deblur = "deblur"
+    lowlight = "lowlight"
+    derain = "derain"
+    jpeg = "jpeg"
+    custom = "custom"
 
 
 RegistryOption = Annotated[
@@ -158,6 +163,13 @@ def register(
         Optional[int], typer.Option("--iterations", min=1, help="Override the number of Adam steps.")
     ] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the random seed.")] = None,
+    custom_degradation: Annotated[
+        Optional[str],
+        typer.Option(
+            "--custom-degradation", metavar="MODULE:FUNCTION",
+            help="Your degradation for --task custom; the module is imported, so its code runs.",
+        ),
+    ] = None,
     torchscript: TorchScriptOption = False,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
@@ -176,7 +188,7 @@ def register(
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         store = Registry(registry)
         handle = _load(model, torchscript, architecture)
-        settings = api.resolve_protocol(handle, protocol.value, task.value if task else None)
+        settings = api.resolve_protocol(handle, protocol.value, task.value if task else None, custom_degradation)
         overrides = {
             key: value for key, value in (("size", size), ("iterations", iterations), ("seed", seed))
             if value is not None
