@@ -264,16 +264,37 @@ def test_register_and_verify_every_task(
     recorded = Registry(registry).load("source").protocol
     assert recorded.task == task
     assert recorded.size == 24
+    allow = ["--allow-custom"] if task == "custom" else []
     for suspect in ("source", "pruned"):
         code, stdout, stderr = run(
-            "verify", denoisers[suspect], "--against", "source", "--registry", registry, "--json"
+            "verify", denoisers[suspect], "--against", "source", "--registry", registry, "--json", *allow
         )
         assert code == 0, stderr
         result = json.loads(stdout)
         assert result["verdict"] == "derived", (suspect, result["ratio"])
         assert result["protocol_settings"] == recorded.to_dict()
     assert json.loads(run("verify", denoisers["source"], "--against", "source", "--registry", registry,
-                          "--json")[1])["distance"] == 0.0
+                          "--json", *allow)[1])["distance"] == 0.0
+
+
+def test_custom_fingerprint_needs_opt_in(denoisers: dict[str, Path], custom_module: str, tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    code, _, stderr = run(
+        "register", denoisers["source"], "--name", "source", "--task", "custom", "--registry", registry,
+        "--custom-degradation", f"{custom_module}:box_blur", *FAST,
+    )
+    assert code == 0, stderr
+    code, _, stderr = run("verify", denoisers["pruned"], "--against", "source", "--registry", registry)
+    assert code == 1
+    assert "pass --allow-custom" in stderr
+    code, stdout, stderr = run("identify", denoisers["pruned"], "--task", "custom", "--registry", registry, "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout) == []
+    code, stdout, stderr = run(
+        "identify", denoisers["pruned"], "--task", "custom", "--registry", registry, "--json", "--allow-custom"
+    )
+    assert code == 0, stderr
+    assert [row["source"] for row in json.loads(stdout)] == ["source"]
 
 
 def test_motion_angle_recorded_on_register(denoisers: dict[str, Path], tmp_path: Path) -> None:

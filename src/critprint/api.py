@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from critprint.decision import Decision, Verdict, decide
-from critprint.errors import FingerprintFormatError, IncompatibleModelError, RegistryError
+from critprint.errors import FingerprintFormatError, IncompatibleModelError, InvalidInputError, RegistryError
 from critprint.extraction import ProgressCallback, check_compatible, extract_critical_image
 from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint, ModelIdentity, now_utc, software_versions
@@ -207,22 +207,47 @@ def _check_suspect(source: Fingerprint, suspect: ModelHandle) -> None:
     check_compatible(suspect, source.protocol)
 
 
+def check_custom_allowed(protocol: Protocol, source_name: str, allow_custom: bool) -> None:
+    """Reject a custom-degradation protocol unless the caller trusts the module it names.
+
+    A fingerprint made elsewhere names the module its custom degradation
+    imports, so running it is opt-in, as TorchScript is.
+
+    Raises:
+        InvalidInputError: If the protocol's task is ``custom`` and
+            ``allow_custom`` is false.
+    """
+    if protocol.task == "custom" and not allow_custom:
+        raise InvalidInputError(
+            f"fingerprint {source_name} uses the custom degradation {protocol.custom_degradation!r}, which imports "
+            "and runs that module; pass --allow-custom (allow_custom=True) if you trust it"
+        )
+
+
 def verify(
     suspect: ModelSpec,
     source: Fingerprint,
     source_name: str = "fingerprint",
     progress: ProgressCallback | None = None,
+    allow_custom: bool = False,
 ) -> Verification:
     """Decide whether a suspect model is derived from a source fingerprint.
 
     The suspect's critical image is extracted with exactly the source's
     recorded protocol, seed included, then the features are compared.
 
+    Args:
+        allow_custom: Run a custom degradation the fingerprint names; it
+            imports a module, so only for fingerprints you trust.
+
     Raises:
         IncompatibleModelError: If the suspect's channels or scale differ from
             the source's.
+        InvalidInputError: If the fingerprint uses a custom degradation and
+            ``allow_custom`` is false.
     """
     start = time.perf_counter()
+    check_custom_allowed(source.protocol, source_name, allow_custom)
     handle = _as_handle(suspect)
     _check_suspect(source, handle)
     result = extract_critical_image(handle, source.protocol, progress)
@@ -235,10 +260,11 @@ def verify_registered(
     name: str,
     registry: Registry | None = None,
     progress: ProgressCallback | None = None,
+    allow_custom: bool = False,
 ) -> Verification:
     """Verify a suspect against the registered fingerprint called ``name``."""
     registry = registry or Registry()
-    return verify(suspect, registry.load(name), name, progress)
+    return verify(suspect, registry.load(name), name, progress, allow_custom)
 
 
 def identify(
@@ -247,11 +273,14 @@ def identify(
     top: int | None = None,
     task: str | None = None,
     progress: ProgressCallback | None = None,
+    allow_custom: bool = False,
 ) -> list[Verification]:
     """Compare a suspect with every registered fingerprint of its task.
 
     Fingerprints of another task, scale or channel count are skipped. The
     suspect is extracted once per distinct protocol among the rest.
+    Fingerprints with a custom degradation are skipped unless
+    ``allow_custom`` is true, because running one imports the module it names.
 
     Args:
         suspect: A path, ``zoo:NAME`` or a loaded handle.
@@ -277,6 +306,10 @@ def identify(
             fingerprint = registry.load(entry.name)
         except (RegistryError, FingerprintFormatError) as error:
             logger.warning("skipping %s: %s", entry.name, error)
+            continue
+        if fingerprint.protocol.task == "custom" and not allow_custom:
+            logger.warning("skipping %s: its custom degradation runs a module; pass --allow-custom to use it",
+                           entry.name)
             continue
         # The parsed protocol, not the stored text: records written before a
         # field was added lack its key but describe the same extraction.
@@ -307,7 +340,6 @@ def import_fingerprint(path: str | Path, name: str | None = None, registry: Regi
         InvalidInputError: If no name is given and the file records none.
         DuplicateNameError: If the name is already registered.
     """
-    from critprint.errors import InvalidInputError
     from critprint.fingerprint import load_fingerprint
 
     record = load_fingerprint(path)

@@ -110,6 +110,13 @@ ArchKwargsOption = Annotated[
         "--arch-kwargs", metavar="JSON", help='Keyword arguments of the --arch callable, a JSON object: \'{"nc": 32}\'.'
     ),
 ]
+AllowCustomOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-custom",
+        help="Run the custom degradation a fingerprint names. It imports that module: use only for fingerprints you trust.",
+    ),
+]
 TaskOption = Annotated[
     Optional[TaskName],
     typer.Option("--task", help="Restoration task; inferred when the model states it (scale > 1 means sr)."),
@@ -214,6 +221,7 @@ def verify(
     torchscript: TorchScriptOption = False,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
+    allow_custom: AllowCustomOption = False,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -235,7 +243,7 @@ def verify(
             source_name = against or ""
             source = Registry(registry).load(source_name)
         handle = _load(suspect, torchscript, architecture)
-        result = api.verify(handle, source, source_name, progress.callback(f"verify {suspect}"))
+        result = api.verify(handle, source, source_name, progress.callback(f"verify {suspect}"), allow_custom)
     if json_output:
         print_json(result.to_dict())
         return
@@ -250,6 +258,7 @@ def identify(
     torchscript: TorchScriptOption = False,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
+    allow_custom: AllowCustomOption = False,
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -265,6 +274,7 @@ def identify(
             top=top,
             task=task.value if task else None,
             progress=progress.callback(f"identify {suspect}"),
+            allow_custom=allow_custom,
         )
     if json_output:
         print_json([result.to_dict() for result in results])
