@@ -27,3 +27,12 @@ def test_ci_runs_readme_test_command() -> None:
     script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     lines = [line.strip() for line in script.splitlines() if line.strip() and not line.startswith("#")]
     assert _setup_commands()[1] in lines
+
+
+def test_zoo_doc_lists_every_model() -> None:
+    import json
+
+    manifest = json.loads((ROOT / "src" / "critprint" / "zoo" / "manifest.json").read_text(encoding="utf-8"))
+    doc = (ROOT / "docs" / "zoo.md").read_text(encoding="utf-8")
+    missing = [entry["name"] for entry in manifest if f"`{entry['name']}`" not in doc]
+    assert missing == []

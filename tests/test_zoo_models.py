@@ -13,10 +13,11 @@ import spandrel
 import torch
 
 from critprint.zoo.photos import HELDOUT_PHOTOS, PHOTO_NAMES, load_photo
-from critprint.zoo.train import add_gaussian_noise, psnr
+from critprint.zoo.train import MODEL_SPECS, add_gaussian_noise, psnr
 
 MAX_WEIGHT_BYTES = 2 * 1024 * 1024
-EXPECTED_MODELS = {"dncnn", "nafnet", "compact-x4", "span-x4"}
+MAX_ZOO_BYTES = 40 * 1024 * 1024
+EXPECTED_MODELS = set(MODEL_SPECS)
 
 
 def _zoo_dir() -> Path:
@@ -48,6 +49,30 @@ def _load(entry: dict[str, Any]) -> spandrel.ImageModelDescriptor[Any]:
 def test_manifest_lists_expected_models() -> None:
     assert len(MANIFEST) == len(ENTRIES_BY_NAME)
     assert set(ENTRIES_BY_NAME) == EXPECTED_MODELS
+
+
+def test_zoo_has_six_architectures_per_task() -> None:
+    for task in ("denoise", "sr"):
+        sources = [entry for entry in MANIFEST if entry["task"] == task and entry["group"] == "source"]
+        assert len({entry["architecture"] for entry in sources}) >= 6, task
+
+
+def test_hard_negative_families_vary_photos_and_seeds() -> None:
+    families = {entry["group"] for entry in MANIFEST if entry["group"] != "source"}
+    assert families
+    for family in families:
+        members = [entry for entry in MANIFEST if entry["group"] == family]
+        assert len({entry["architecture"] for entry in members}) == 1
+        base = next(entry for entry in members if entry["name"] == family)
+        photo_sets = {tuple(entry["train_photos"]) for entry in members}
+        same_photos = [entry for entry in members if entry["train_photos"] == base["train_photos"]]
+        assert len(photo_sets) >= 4, family
+        assert len({entry["seed"] for entry in same_photos}) >= 4, family
+
+
+def test_zoo_fits_the_size_budget() -> None:
+    total = sum((ZOO_DIR / entry["file"]).stat().st_size for entry in MANIFEST)
+    assert total < MAX_ZOO_BYTES
 
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=lambda entry: entry["name"])

@@ -32,8 +32,13 @@ import torch
 import torch.nn.functional as F
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.DnCNN import DnCNN
+from spandrel.architectures.ESRGAN import ESRGAN
 from spandrel.architectures.NAFNet import NAFNet
+from spandrel.architectures.PLKSR import PLKSR
+from spandrel.architectures.RCAN import RCAN
+from spandrel.architectures.SAFMN import SAFMN
 from spandrel.architectures.SPAN import SPAN
+from spandrel.architectures.SwinIR import SwinIR
 from torch import nn
 
 from critprint.zoo.photos import HELDOUT_PHOTOS, crop_to_multiple, load_photo
@@ -81,7 +86,151 @@ class ModelSpec:
     loss: Literal["l1", "mse"]
     train_noise_sigma: float | None = None
     """Standard deviation of the Gaussian noise on the [0, 1] scale (denoise only)."""
+    group: str = "source"
+    """``source`` for the evaluation's source models, otherwise the name of a
+    hard-negative family: models of one architecture retrained on other photos
+    or with other seeds, which a fingerprint must tell apart."""
 
+
+
+_DENOISE_SIGMA: Final[float] = 25 / 255
+
+_PHOTO_SUBSETS: Final[tuple[tuple[str, ...], ...]] = (
+    ("astronaut", "rocket", "stereo_motorcycle"),
+    ("hubble_deep_field", "immunohistochemistry", "retina"),
+    ("astronaut", "immunohistochemistry", "retina"),
+    ("rocket", "stereo_motorcycle", "hubble_deep_field"),
+)
+"""Training photo subsets of the hard-negative families; the first is the base's."""
+
+
+def _family(base: ModelSpec, seeds: Sequence[int]) -> tuple[ModelSpec, ...]:
+    """Return ``base`` and its retrained variants: other photo subsets, then other seeds."""
+    variants = [base]
+    for index, photos in enumerate(_PHOTO_SUBSETS[1:], start=2):
+        variants.append(dataclasses.replace(base, name=f"{base.group}-photos{index}", train_photos=photos))
+    for index, seed in enumerate(seeds, start=2):
+        variants.append(dataclasses.replace(base, name=f"{base.group}-seed{index}", seed=seed))
+    return tuple(variants)
+
+
+_NEW_SPECS: Final[tuple[ModelSpec, ...]] = (
+    ModelSpec(
+        name="swinir-dn",
+        task="denoise",
+        architecture="SwinIR",
+        scale=1,
+        architecture_options={
+            "upscale": 1, "in_chans": 3, "img_size": 48, "window_size": 8, "embed_dim": 24,
+            "depths": [2, 2], "num_heads": [2, 2], "mlp_ratio": 2.0, "upsampler": "",
+            "resi_connection": "1conv",
+        },
+        train_photos=("rocket", "stereo_motorcycle", "retina"),
+        steps=800, batch_size=8, patch_size=48, learning_rate=5e-4, seed=5, loss="mse",
+        train_noise_sigma=_DENOISE_SIGMA,
+    ),
+    ModelSpec(
+        name="safmn-dn",
+        task="denoise",
+        architecture="SAFMN",
+        scale=1,
+        architecture_options={"dim": 16, "n_blocks": 4, "upscaling_factor": 1},
+        train_photos=("astronaut", "hubble_deep_field", "immunohistochemistry"),
+        steps=1500, batch_size=8, patch_size=48, learning_rate=1e-3, seed=6, loss="mse",
+        train_noise_sigma=_DENOISE_SIGMA,
+    ),
+    ModelSpec(
+        name="plksr-dn",
+        task="denoise",
+        architecture="PLKSR",
+        scale=1,
+        architecture_options={"dim": 16, "n_blocks": 4, "upscaling_factor": 1, "kernel_size": 9},
+        train_photos=("astronaut", "rocket", "retina"),
+        steps=1200, batch_size=8, patch_size=48, learning_rate=1e-3, seed=7, loss="mse",
+        train_noise_sigma=_DENOISE_SIGMA,
+    ),
+    ModelSpec(
+        name="compact-dn",
+        task="denoise",
+        architecture="Compact",
+        scale=1,
+        architecture_options={
+            "num_in_ch": 3, "num_out_ch": 3, "num_feat": 32, "num_conv": 8, "upscale": 1,
+        },
+        train_photos=("stereo_motorcycle", "immunohistochemistry", "retina"),
+        steps=1200, batch_size=8, patch_size=48, learning_rate=1e-3, seed=8, loss="mse",
+        train_noise_sigma=_DENOISE_SIGMA,
+    ),
+    ModelSpec(
+        name="esrgan-x4",
+        task="sr",
+        architecture="ESRGAN",
+        scale=4,
+        architecture_options={"num_filters": 16, "num_blocks": 1, "scale": 4},
+        train_photos=("astronaut", "rocket", "immunohistochemistry"),
+        steps=5000, batch_size=8, patch_size=64, learning_rate=1e-3, seed=9, loss="l1",
+    ),
+    ModelSpec(
+        name="swinir-x4",
+        task="sr",
+        architecture="SwinIR",
+        scale=4,
+        architecture_options={
+            "upscale": 4, "in_chans": 3, "img_size": 16, "window_size": 8, "embed_dim": 24,
+            "depths": [2, 2], "num_heads": [2, 2], "mlp_ratio": 2.0,
+            "upsampler": "pixelshuffledirect", "resi_connection": "1conv",
+        },
+        train_photos=("stereo_motorcycle", "hubble_deep_field", "retina"),
+        steps=5000, batch_size=8, patch_size=64, learning_rate=1e-3, seed=10, loss="l1",
+    ),
+    ModelSpec(
+        name="rcan-x4",
+        task="sr",
+        architecture="RCAN",
+        scale=4,
+        architecture_options={"scale": 4, "n_resgroups": 2, "n_resblocks": 2, "n_feats": 16, "reduction": 4},
+        train_photos=("astronaut", "stereo_motorcycle", "retina"),
+        steps=3000, batch_size=8, patch_size=64, learning_rate=1e-3, seed=11, loss="l1",
+    ),
+    ModelSpec(
+        name="safmn-x4",
+        task="sr",
+        architecture="SAFMN",
+        scale=4,
+        architecture_options={"dim": 16, "n_blocks": 4, "upscaling_factor": 4},
+        train_photos=("rocket", "immunohistochemistry", "retina"),
+        steps=8000, batch_size=8, patch_size=64, learning_rate=2e-3, seed=12, loss="l1",
+    ),
+    *_family(
+        ModelSpec(
+            name="dncnn-h",
+            task="denoise",
+            architecture="DnCNN",
+            scale=1,
+            architecture_options={"in_nc": 3, "out_nc": 3, "nc": 32, "nb": 8, "act_mode": "R"},
+            train_photos=_PHOTO_SUBSETS[0],
+            steps=600, batch_size=8, patch_size=48, learning_rate=1e-3, seed=21, loss="mse",
+            train_noise_sigma=_DENOISE_SIGMA,
+            group="dncnn-h",
+        ),
+        seeds=(22, 23, 24),
+    ),
+    *_family(
+        ModelSpec(
+            name="compact-x4-h",
+            task="sr",
+            architecture="Compact",
+            scale=4,
+            architecture_options={
+                "num_in_ch": 3, "num_out_ch": 3, "num_feat": 32, "num_conv": 8, "upscale": 4,
+            },
+            train_photos=_PHOTO_SUBSETS[0],
+            steps=2000, batch_size=16, patch_size=64, learning_rate=1e-3, seed=31, loss="l1",
+            group="compact-x4-h",
+        ),
+        seeds=(32, 33, 34),
+    ),
+)
 
 MODEL_SPECS: Final[dict[str, ModelSpec]] = {
     spec.name: spec
@@ -168,6 +317,7 @@ MODEL_SPECS: Final[dict[str, ModelSpec]] = {
             seed=4,
             loss="l1",
         ),
+        *_NEW_SPECS,
     )
 }
 
@@ -176,6 +326,11 @@ _ARCHITECTURE_CLASSES: Final[dict[str, Callable[..., nn.Module]]] = {
     "NAFNet": NAFNet,
     "Compact": Compact,
     "SPAN": SPAN,
+    "SwinIR": SwinIR,
+    "SAFMN": SAFMN,
+    "PLKSR": PLKSR,
+    "ESRGAN": ESRGAN,
+    "RCAN": RCAN,
 }
 
 
@@ -430,6 +585,7 @@ def manifest_entry(result: TrainResult, seed: int, steps: int) -> dict[str, Any]
         "learning_rate": spec.learning_rate,
         "seed": seed,
         "loss": spec.loss,
+        "group": spec.group,
     }
     if spec.train_noise_sigma is not None:
         entry["train_noise_sigma"] = spec.train_noise_sigma
@@ -587,6 +743,25 @@ def run_training(name: str, seed: int | None, steps: int | None, out_dir: Path) 
     return result
 
 
+def render_zoo_table(entries: Sequence[dict[str, Any]], zoo_dir: Path = ZOO_DIR) -> str:
+    """Render the manifest as the Markdown table of docs/zoo.md, one row per model."""
+    rows = [
+        "| Name | Group | Task | spandrel architecture | Parameters | File size | Training photos | Seed "
+        "| Steps x batch | Held-out PSNR before -> after | Training time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for entry in entries:
+        task = "denoise, sigma 25/255" if entry["task"] == "denoise" else f"x{entry['scale']} SR"
+        size = (zoo_dir / entry["file"]).stat().st_size
+        rows.append(
+            f"| `{entry['name']}` | {entry.get('group', 'source')} | {task} | {entry['architecture']} "
+            f"| {entry['parameters']:,} | {size:,} B | {', '.join(entry['train_photos'])} | {entry['seed']} "
+            f"| {entry['steps']} x {entry['batch_size']} "
+            f"| {entry['psnr_degraded_db']:.2f} -> {entry['psnr_restored_db']:.2f} dB | {entry['train_seconds']:.0f} s |"
+        )
+    return "\n".join(rows)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line of ``python -m critprint.zoo.train``."""
     parser = argparse.ArgumentParser(
@@ -598,6 +773,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     selection.add_argument("--model", choices=list(MODEL_SPECS), help="model to train")
     selection.add_argument(
         "--all", action="store_true", help="train every model with its recorded seed and steps"
+    )
+    selection.add_argument(
+        "--table", action="store_true", help="print the manifest as the Markdown table of docs/zoo.md and exit"
     )
     parser.add_argument("--seed", type=int, help="random seed (default: the recorded seed)")
     parser.add_argument(
@@ -627,6 +805,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Train the selected models and print one summary line per model."""
     args = parse_args(argv)
+    if args.table:
+        print(render_zoo_table(json.loads((args.out / MANIFEST_NAME).read_text(encoding="utf-8")), args.out))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
 
