@@ -165,3 +165,15 @@ def test_task_required_when_unknown(tmp_path: Path) -> None:
     with pytest.raises(IncompatibleModelError, match="pass --task denoise"):
         infer_task(handle)
     assert infer_task(handle, "denoise") == "denoise"
+
+
+def test_plksr_passes_gradients_to_the_input() -> None:
+    handle = load_model("zoo:plksr-dn")
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    output = handle(image)
+    output.sum().backward()
+    assert image.grad is not None
+    assert image.grad.abs().sum() > 0
+    with torch.no_grad():
+        reference = handle.module.eval()(image.detach().clone())
+    assert torch.allclose(output.detach(), reference, atol=1e-6)

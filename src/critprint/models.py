@@ -216,8 +216,21 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+_TRAINING_PATH_LAYERS = frozenset({"PLKConv2d", "RectSparsePLKConv2d"})
+"""Layers kept in training mode because their eval path writes into its input.
+
+PLKSR's partial large-kernel convolutions assign the convolved channels into
+the input tensor in eval mode, which breaks the gradient to the image. Their
+training path computes the same values with split and concatenation, and they
+hold no normalisation or dropout that training mode would change.
+"""
+
+
 def _freeze(module: nn.Module) -> nn.Module:
     module.eval()
+    for layer in module.modules():
+        if type(layer).__name__ in _TRAINING_PATH_LAYERS:
+            layer.train()
     # ScriptModule rejects requires_grad_, so freeze parameter by parameter.
     for parameter in module.parameters():
         parameter.requires_grad_(False)
