@@ -177,3 +177,20 @@ def test_plksr_passes_gradients_to_the_input() -> None:
     with torch.no_grad():
         reference = handle.module.eval()(image.detach().clone())
     assert torch.allclose(output.detach(), reference, atol=1e-6)
+
+
+def test_extra_architecture_restormer_loads(tmp_path: Path) -> None:
+    pytest.importorskip("spandrel_extra_arches")
+    from safetensors.torch import save_file
+    from spandrel_extra_arches.architectures.Restormer import Restormer
+
+    torch.manual_seed(0)
+    network = Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+    path = tmp_path / "restormer.safetensors"
+    save_file({name: value.contiguous() for name, value in network.state_dict().items()}, str(path))
+    handle = load_model(path)
+    assert handle.architecture == "Restormer"
+    assert (handle.scale, handle.input_channels) == (1, 3)
+    image = torch.rand(1, 3, 24, 24, requires_grad=True)
+    handle(image).sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0

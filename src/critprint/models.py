@@ -24,6 +24,7 @@ it must come from a source the caller trusts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -309,9 +310,27 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+@functools.cache
+def install_extra_architectures() -> bool:
+    """Register spandrel-extra-arches with spandrel when it is installed; return whether it is.
+
+    The package (``pip install critprint[extra-arches]``) adds Restormer,
+    MPRNet, MIRNet2 and others. Some of them carry non-commercial or copyleft
+    licences, so critprint does not depend on it.
+    """
+    try:
+        import spandrel_extra_arches
+    except ImportError:
+        logger.debug("spandrel-extra-arches is not installed; its architectures are not detected")
+        return False
+    spandrel_extra_arches.install(ignore_duplicates=True)
+    return True
+
+
 def _load_spandrel(path: Path, source: str, task_hint: Task | None, sha256: str) -> ModelHandle:
     from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
+    install_extra_architectures()
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         suffixes = ", ".join(CHECKPOINT_SUFFIXES)
         raise ModelLoadError(f"unsupported model file suffix {path.suffix!r} in {source}; expected one of {suffixes}")
