@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from critprint.cli import app
@@ -169,8 +170,6 @@ def test_failures_exit_one_with_one_line(
 @pytest.mark.parametrize(
     "arguments",
     [
-        ["register", "m.pth", "--name", "x", "--protocol", "fast"],
-        ["register", "m.pth", "--name", "x", "--task", "inpaint"],
         ["register", "m.pth"],
         ["verify", "m.pth"],
         ["verify", "m.pth", "--against", "a", "--fingerprint", "f.safetensors"],
@@ -297,8 +296,6 @@ def test_torchscript_needs_flag(registered: Path, tmp_path: Path) -> None:
 @pytest.fixture()
 def bad_files(tmp_path: Path, registered: Path) -> dict[str, str]:
     """Files a user might pass by mistake, by label."""
-    import torch
-
     empty = tmp_path / "empty.pth"
     empty.touch()
     text = tmp_path / "notes.pth"
@@ -309,13 +306,41 @@ def bad_files(tmp_path: Path, registered: Path) -> dict[str, str]:
     record = Path(json.loads(stdout)["path"]).read_bytes()
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(record[: len(record) // 2])
+    from safetensors.torch import load, save
+
+    header = json.loads(record[8 : 8 + int.from_bytes(record[:8], "little")])
+    metadata = json.loads(header["__metadata__"]["critprint"])
+    metadata["format_version"] = 99
+    newer = tmp_path / "newer.safetensors"
+    newer.write_bytes(save(load(record), metadata={"critprint": json.dumps(metadata)}))
+    nan_model = tmp_path / "nan.pt"
+    torch.jit.save(torch.jit.trace(_NanModel().eval(), torch.rand(1, 3, 16, 16)), str(nan_model))
+    shrinker = tmp_path / "shrinker.pt"
+    torch.jit.save(torch.jit.trace(_Shrinker().eval(), torch.rand(1, 3, 16, 16)), str(shrinker))
     return {
         "empty": str(empty),
         "text": str(text),
         "folder": str(tmp_path),
         "linear": str(linear),
         "truncated": str(truncated),
+        "newer": str(newer),
+        "nan": str(nan_model),
+        "shrinker": str(shrinker),
     }
+
+
+class _NanModel(torch.nn.Module):
+    """An image-to-image model that returns NaN everywhere."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image * float("nan")
+
+
+class _Shrinker(torch.nn.Module):
+    """A model whose output is half the size of its input, which fits no scale-1 task."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(image, 2)
 
 
 @pytest.mark.parametrize(
@@ -328,12 +353,24 @@ def bad_files(tmp_path: Path, registered: Path) -> dict[str, str]:
         (["verify", "{linear}", "--fingerprint", "{truncated}"], "corrupt fingerprint file"),
         (["import", "{truncated}"], "corrupt fingerprint file"),
         (["register", "{text}", "--name", "beta"], "is not a readable PyTorch checkpoint"),
+        (["verify", "{linear}", "--fingerprint", "{newer}"], "newer than the supported"),
+        (["register", "{nan}", "--name", "beta", "--task", "denoise", "--torchscript", *FAST], "non-finite"),
+        (["register", "{shrinker}", "--name", "beta", "--task", "denoise", "--torchscript", *FAST], "not an integer upscale"),
+        (["register", "zoo:swinir-x4", "--name", "beta", "--size", "32"], "below the minimum"),
+        (["register", "zoo:dncnn", "--name", "alpha", *FAST], "'alpha' is already registered"),
+        (["register", "zoo:dncnn", "--name", "beta", "--protocol", "fast"], "invalid protocol 'fast'"),
+        (["register", "zoo:dncnn", "--name", "beta", "--task", "inpaint"], "invalid task 'inpaint'"),
+        (["identify", "zoo:dncnn", "--task", "inpaint"], "invalid task 'inpaint'"),
+        (["demo", "--protocol", "fast"], "invalid protocol 'fast'"),
+        (["bench", "--quick", "--task", "inpaint", "--out", "{folder}"], "invalid task 'inpaint'"),
     ],
 )
 def test_bad_files_exit_one_with_one_line(
     registered: Path, bad_files: dict[str, str], arguments: list[str], message: str
 ) -> None:
-    filled = [argument.format(**bad_files) for argument in arguments] + ["--registry", str(registered)]
+    filled = [argument.format(**bad_files) for argument in arguments]
+    if filled[0] not in ("demo", "bench"):
+        filled += ["--registry", str(registered)]
     code, _, stderr = run(*filled)
     assert code == 1
     assert message in stderr
@@ -341,22 +378,25 @@ def test_bad_files_exit_one_with_one_line(
     assert "Traceback" not in stderr
 
 
-def test_full_disk_reported(
-    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("number", "reason"),
+    [(28, "No space left on device"), (13, "Permission denied")],  # ENOSPC, EACCES
+)
+def test_unwritable_registry_reported(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch, number: int, reason: str
 ) -> None:
-    import errno
-
+    # A read-only folder cannot be simulated with permissions when the tests run as root.
     import critprint.registry as registry_module
 
-    def no_space(path: Path, data: bytes) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def fail(path: Path, data: bytes) -> None:
+        raise OSError(number, reason, str(path))
 
-    monkeypatch.setattr(registry_module, "atomic_write_bytes", no_space)
+    monkeypatch.setattr(registry_module, "atomic_write_bytes", fail)
     code, _, stderr = run(
         "register", model_dir / "denoiser_a.safetensors", "--name", "alpha", "--registry", tmp_path, *FAST
     )
     assert code == 1
-    assert "No space left on device; check free space and permissions" in stderr
+    assert f"{reason}; check free space and permissions" in stderr
     assert stderr.count("\n") == 1
     assert list((tmp_path / "fingerprints").iterdir()) == []
 

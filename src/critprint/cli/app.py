@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,6 +19,7 @@ import typer
 from rich.table import Table
 
 from critprint import __version__, api, zoo
+from critprint.checks import check_choice
 from critprint.cli.output import (
     ExtractionProgress,
     JobProgress,
@@ -41,6 +43,7 @@ from critprint.models import (
     read_state_dict,
     save_state_dict,
 )
+from critprint.protocol import PRESETS, TASKS
 from critprint.registry import Registry
 
 __all__ = ["app", "main"]
@@ -59,23 +62,16 @@ zoo_app = typer.Typer(help="List the models bundled with critprint.", no_args_is
 app.add_typer(zoo_app, name="zoo")
 
 
-class ProtocolName(str, Enum):
-    """Protocol presets selectable on the command line."""
-
-    paper = "paper"
-    quick = "quick"
+_TASK_HELP = ", ".join(TASKS)
+_PROTOCOL_HELP = " or ".join(PRESETS)
 
 
-class TaskName(str, Enum):
-    """Tasks selectable on the command line."""
-
-    denoise = "denoise"
-    sr = "sr"
-    deblur = "deblur"
-    lowlight = "lowlight"
-    derain = "derain"
-    jpeg = "jpeg"
-    custom = "custom"
+def _check_names(task: str | None = None, protocol: str | None = None) -> None:
+    """Reject an unknown task or protocol name before any work, with the valid names."""
+    if task is not None:
+        check_choice("task", task, TASKS)
+    if protocol is not None:
+        check_choice("protocol", protocol, PRESETS)
 
 
 RegistryOption = Annotated[
@@ -118,8 +114,15 @@ AllowCustomOption = Annotated[
     ),
 ]
 TaskOption = Annotated[
-    Optional[TaskName],
-    typer.Option("--task", help="Restoration task; inferred when the model states it (scale > 1 means sr)."),
+    Optional[str],
+    typer.Option(
+        "--task",
+        metavar="TASK",
+        help=f"Restoration task: {_TASK_HELP}. Inferred when the model states it (scale > 1 means sr).",
+    ),
+]
+ProtocolOption = Annotated[
+    str, typer.Option("--protocol", metavar="NAME", help=f"Extraction protocol preset: {_PROTOCOL_HELP}.")
 ]
 
 
@@ -146,6 +149,10 @@ def _configure_logging(debug: bool) -> None:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # torch and spandrel warn about their own deprecations on standard error,
+    # which would break the one-line error messages; --debug shows them.
+    if not debug:
+        warnings.simplefilter("ignore")
 
 
 @app.callback(invoke_without_command=True)
@@ -162,7 +169,7 @@ def register(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.pth, .pt, .ckpt, .safetensors, .onnx, TorchScript) or zoo:NAME.")],
     name: Annotated[str, typer.Option("--name", help="Unique name for the fingerprint.")],
     task: TaskOption = None,
-    protocol: Annotated[ProtocolName, typer.Option("--protocol", help="Extraction protocol preset.")] = ProtocolName.quick,
+    protocol: ProtocolOption = "quick",
     size: Annotated[
         Optional[int], typer.Option("--size", min=8, help="Override the critical-image side, in pixels.")
     ] = None,
@@ -193,9 +200,10 @@ def register(
     architecture = _arch_arguments(arch, arch_kwargs)
     start = time.perf_counter()
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
+        _check_names(task, protocol)
         store = Registry(registry)
         handle = _load(model, torchscript, architecture)
-        settings = api.resolve_protocol(handle, protocol.value, task.value if task else None, custom_degradation)
+        settings = api.resolve_protocol(handle, protocol, task, custom_degradation)
         overrides = {
             key: value for key, value in (("size", size), ("iterations", iterations), ("seed", seed))
             if value is not None
@@ -268,11 +276,12 @@ def identify(
     _configure_logging(debug)
     architecture = _arch_arguments(arch, arch_kwargs)
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
+        _check_names(task)
         results = api.identify(
             _load(suspect, torchscript, architecture),
             Registry(registry),
             top=top,
-            task=task.value if task else None,
+            task=task,
             progress=progress.callback(f"identify {suspect}"),
             allow_custom=allow_custom,
         )
@@ -483,7 +492,7 @@ def zoo_path(
 
 @app.command()
 def demo(
-    protocol: Annotated[ProtocolName, typer.Option("--protocol", help="Extraction protocol preset.")] = ProtocolName.quick,
+    protocol: ProtocolOption = "quick",
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
@@ -496,7 +505,8 @@ def demo(
     _configure_logging(debug)
     with tempfile.TemporaryDirectory(prefix="critprint-demo-") as workdir:
         with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
-            result = run_demo(workdir, protocol.value, progress.callback)
+            _check_names(protocol=protocol)
+            result = run_demo(workdir, protocol, progress.callback)
     if json_output:
         print_json({
             "source": result.source.to_dict(),
@@ -556,9 +566,10 @@ def attack(
     if out.suffix.lower() != ".safetensors":
         usage_error(f"invalid --out {str(out)!r}: expected a .safetensors file name")
     with fail_on_errors(debug), JobProgress(quiet, f"attack {attack_name.value}") as progress:
+        _check_names(task)
         handle = load_model(model)
         restoration = RestorationTask(
-            task=infer_task(handle, task.value if task else None),
+            task=infer_task(handle, task),
             scale=handle.scale,
             finetune_steps=steps,
             distill_steps=steps,
@@ -585,7 +596,7 @@ def bench(
     out: Annotated[Path, typer.Option("--out", help="Folder for summary.json, report.md, pictures and cached work.")],
     quick: Annotated[bool, typer.Option("--quick", help="Run the reduced plan: few models, few attacks, minutes on a CPU.")] = False,
     tasks: Annotated[
-        Optional[list[TaskName]], typer.Option("--task", help="Run only this task; repeat for several.")
+        Optional[list[str]], typer.Option("--task", metavar="TASK", help="Run only this task; repeat for several.")
     ] = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -601,7 +612,7 @@ def bench(
 
     _configure_logging(debug)
     with fail_on_errors(debug), JobProgress(quiet, "bench") as progress:
-        plan = get_plan("quick" if quick else "full", tuple(task.value for task in tasks) if tasks else None)
+        plan = get_plan("quick" if quick else "full", tuple(tasks) if tasks else None)
         summary = run_bench(plan, out, progress.update)
     if json_output:
         print_json(summary)
