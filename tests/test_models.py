@@ -165,3 +165,12 @@ def test_task_required_when_unknown(tmp_path: Path) -> None:
     with pytest.raises(IncompatibleModelError, match="pass --task denoise"):
         infer_task(handle)
     assert infer_task(handle, "denoise") == "denoise"
+
+
+def test_plksr_passes_gradient_to_input() -> None:
+    # PLKSR's eval-mode partial convolution writes into its input in place.
+    handle = load_model("zoo:plksr-dn")
+    image = torch.rand(1, 3, 16, 16, requires_grad=True)
+    handle.module(image).sum().backward()
+    assert image.grad is not None
+    assert torch.isfinite(image.grad).all()

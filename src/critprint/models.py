@@ -216,8 +216,21 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+_INPLACE_EVAL_MODULES = frozenset({"PLKConv2d", "RectSparsePLKConv2d"})
+"""spandrel modules (PLKSR, RealPLKSR) whose eval-mode forward writes into its input tensor.
+
+That in-place write breaks the gradient to the image that extraction and
+IPGuard need. Their training-mode forward computes the same output out of
+place (split, convolve, concatenate) and has no dropout or normalisation, so
+:func:`_freeze` leaves these modules in training mode.
+"""
+
+
 def _freeze(module: nn.Module) -> nn.Module:
     module.eval()
+    for child in module.modules():
+        if type(child).__name__ in _INPLACE_EVAL_MODULES and type(child).__module__.startswith("spandrel."):
+            child.train()
     # ScriptModule rejects requires_grad_, so freeze parameter by parameter.
     for parameter in module.parameters():
         parameter.requires_grad_(False)
