@@ -20,7 +20,7 @@ from critprint.attacks import (
     run_attack,
 )
 from critprint.attacks.pruning import channel_masks
-from critprint.attacks.quality import TaskNetwork, output_conv_names
+from critprint.attacks.quality import TaskNetwork, degrade_batch, output_conv_names
 from critprint.errors import IncompatibleModelError, InvalidInputError
 from critprint.models import load_model, read_state_dict, save_state_dict
 
@@ -229,9 +229,23 @@ def test_invalid_name_budget_and_task_are_rejected(denoiser: StateDict, upscaler
         run_attack("prune", denoiser, DENOISE, max_drop_db=0.0)
     with pytest.raises(InvalidInputError, match="max_tries"):
         run_attack("prune", denoiser, DENOISE, max_tries=0)
-    with pytest.raises(InvalidInputError, match="task 'deblur'"):
-        RestorationTask("deblur")
+    with pytest.raises(InvalidInputError, match="task 'custom'"):
+        RestorationTask("custom")
+    with pytest.raises(InvalidInputError, match="scale 2 for task 'deblur'"):
+        RestorationTask("deblur", scale=2)
     with pytest.raises(InvalidInputError, match="photo 'lena'"):
         RestorationTask("denoise", eval_photos=("lena",))
     with pytest.raises(IncompatibleModelError, match="upscales by 4"):
         measure_psnr(upscaler, DENOISE)
+
+
+@pytest.mark.parametrize("task", ["deblur", "lowlight", "derain", "jpeg"])
+def test_other_tasks_degrade_like_their_zoo_training(task: str, denoiser: StateDict) -> None:
+    from critprint.zoo.train import degrade_task
+
+    clean = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(3))
+    restoration = RestorationTask(task, eval_crop=32)
+    degraded = degrade_batch(restoration, clean, torch.Generator().manual_seed(5))
+    assert torch.equal(degraded, degrade_task(task, clean, torch.Generator().manual_seed(5)))
+    # A scale-1 model is scored on the task's own degradation.
+    assert torch.isfinite(torch.tensor(measure_psnr(denoiser, restoration)))

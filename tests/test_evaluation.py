@@ -16,6 +16,7 @@ from critprint.errors import InvalidInputError
 from critprint.evaluation import get_plan
 from critprint.evaluation.metrics import roc_auc, roc_curve, summarise_roc, tpr_at_fpr
 from critprint.evaluation.report import _ratio_colour, heatmap, montage
+from critprint.evaluation.runner import count_jobs
 
 runner = CliRunner()
 
@@ -76,8 +77,24 @@ def test_plan_rejects_unknown_names() -> None:
         get_plan("quick", ("deblur",))
     plan = get_plan("full")
     for task in plan.tasks:
-        assert len(task.sources) >= 6, task
+        assert len(task.sources) >= (6 if task.task in ("denoise", "sr") else 3), task
         assert len({task.sources, task.hard_negatives}) == 2
+
+
+def test_full_plan_other_task_attacks() -> None:
+    plan = get_plan("full", ("deblur",))
+    (task,) = plan.tasks
+    assert task.task == "deblur"
+    assert task.scale == 1
+    assert len(task.sources) == 3
+    assert task.hard_negatives == ()
+    assert plan.attacks_for(task) == ("prune", "quantize")
+    assert plan.all_attacks == ("prune", "quantize")
+    assert plan.to_dict()["tasks"][0]["attacks"] == ["prune", "quantize"]
+    assert count_jobs(plan) == 6 + 3 * (3 + 6 + 1) + 2 * (3 + 1)
+    full = get_plan("full")
+    assert {task.task for task in full.tasks} == {"denoise", "sr", "deblur", "lowlight", "derain", "jpeg"}
+    assert full.attacks_for(full.tasks[0]) == full.attacks
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +155,7 @@ def test_quick_bench_reuses_finished_work(quick_bench: tuple[Path, dict, float])
         assert again["tasks"][task]["methods"] == summary["tasks"][task]["methods"]
 
 
-def test_bench_rejects_an_unknown_task(tmp_path: Path) -> None:
+def test_bench_rejects_a_task_outside_the_plan(tmp_path: Path) -> None:
     result = runner.invoke(app, ["bench", "--quick", "--task", "deblur", "--out", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "deblur" in result.output
+    assert result.exit_code == 1
+    assert "invalid task 'deblur': expected one of 'denoise', 'sr'" in result.stderr

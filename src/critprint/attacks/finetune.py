@@ -46,8 +46,8 @@ def check_learning_rate(learning_rate: float) -> float:
 
 
 def default_patch_size(task: RestorationTask) -> int:
-    """Return the ground-truth patch side: 48 for denoisers, 16 LR pixels (64 at x4) for SR."""
-    return 48 if task.task == "denoise" else 16 * task.scale
+    """Return the ground-truth patch side: 48 for scale-1 tasks, 16 LR pixels (64 at x4) for SR."""
+    return 48 if task.task != "sr" else 16 * task.scale
 
 
 def export_state_dict(module: nn.Module, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -183,7 +183,7 @@ def finetune(
         learning_rate: Adam's learning rate, in (0, 1).
         steps: Optimiser steps; ``task.finetune_steps`` when None.
         batch_size: Patches per step.
-        patch_size: Ground-truth patch side; 48 for denoisers, 16 LR pixels
+        patch_size: Ground-truth patch side; 48 for scale-1 tasks, 16 LR pixels
             for SR when None.
 
     Returns:

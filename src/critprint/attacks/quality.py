@@ -4,8 +4,10 @@ An attack on a fingerprinted model is only worth studying when the attacked
 model still does its job, so every attack in :mod:`critprint.attacks` is
 judged by the PSNR change it causes on photos the zoo models never trained on.
 This module builds a network from a state dict, degrades photos the way the
-model's task does (Gaussian noise for denoisers, antialiased bicubic
-downscaling for super-resolution) and scores the restored output.
+model's task does, and scores the restored output. Denoisers get Gaussian
+noise and super-resolution models antialiased bicubic downscaling. Deblurring,
+low-light, deraining and JPEG models get the degradation the zoo trained them
+on, :func:`critprint.zoo.train.degrade_task`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from critprint.errors import IncompatibleModelError, InvalidInputError, ModelLoadError
 from critprint.zoo.photos import PHOTO_NAMES, load_photo
-from critprint.zoo.train import add_gaussian_noise, downscale_bicubic, psnr
+from critprint.zoo.train import PROTOCOL_TASKS, add_gaussian_noise, degrade_task, downscale_bicubic, psnr
 
 __all__ = [
     "RestorationTask",
@@ -35,7 +37,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_TASKS = ("denoise", "sr")
+_TASKS = ("denoise", "sr", *PROTOCOL_TASKS)
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,9 @@ class RestorationTask:
     """What a model restores, and the photos used to attack and score it.
 
     Attributes:
-        task: ``"denoise"`` or ``"sr"``.
-        scale: Upscaling factor; 1 for denoisers.
+        task: ``"denoise"``, ``"sr"``, ``"deblur"``, ``"lowlight"``,
+            ``"derain"`` or ``"jpeg"``.
+        scale: Upscaling factor; 2 or more for ``sr``, 1 for the others.
         noise_sigma: Standard deviation of the Gaussian noise that denoisers
             remove, on the [0, 1] scale; unused for ``sr``.
         train_photos: Bundled photos (see ``critprint.zoo.photos.PHOTO_NAMES``)
@@ -53,8 +56,9 @@ class RestorationTask:
         eval_crop: Side in pixels of the centre crop of each evaluation photo,
             a multiple of ``scale``. A smaller photo is cropped to its largest
             square whose side is a multiple of ``scale``.
-        seed: Seed of every random draw: evaluation noise, training patches,
-            training noise, weight noise and re-initialisation.
+        seed: Seed of every random draw: evaluation noise or rain, training
+            patches, training noise or rain, weight noise and
+            re-initialisation.
         finetune_steps: Optimiser steps of the fine-tuning attacks
             (``finetune`` and the fine-tuning phase of ``channel-prune``).
         distill_steps: Optimiser steps of the ``distill`` attack.
@@ -75,11 +79,14 @@ class RestorationTask:
 
     def __post_init__(self) -> None:
         if self.task not in _TASKS:
-            raise InvalidInputError(f"invalid task {self.task!r}: expected one of 'denoise', 'sr'")
+            expected = ", ".join(repr(task) for task in _TASKS)
+            raise InvalidInputError(f"invalid task {self.task!r}: expected one of {expected}")
         if not isinstance(self.scale, int) or self.scale < 1:
             raise InvalidInputError(f"invalid scale {self.scale!r}: expected an integer >= 1")
-        if self.task == "denoise" and self.scale != 1:
-            raise InvalidInputError(f"invalid scale {self.scale} for task 'denoise': a denoiser has scale 1")
+        if self.task != "sr" and self.scale != 1:
+            raise InvalidInputError(
+                f"invalid scale {self.scale} for task {self.task!r}: only sr models upscale, so expected 1"
+            )
         if self.task == "sr" and self.scale < 2:
             raise InvalidInputError(f"invalid scale {self.scale} for task 'sr': expected an integer >= 2")
         if self.task == "denoise" and not (math.isfinite(self.noise_sigma) and self.noise_sigma > 0):
@@ -213,9 +220,14 @@ def degrade_batch(task: RestorationTask, clean: torch.Tensor, generator: torch.G
 
     Denoisers get ``clean`` plus N(0, noise_sigma^2) noise, not clipped; SR
     models get the antialiased bicubic downscale by ``task.scale``, clamped.
+    The other tasks get the degradation their zoo models trained on,
+    :func:`critprint.zoo.train.degrade_task`, with its random parts (noise,
+    rain layers) drawn from ``generator``.
     """
     if task.task == "denoise":
         return add_gaussian_noise(clean, task.noise_sigma, generator)
+    if task.task in PROTOCOL_TASKS:
+        return degrade_task(task.task, clean, generator)
     return downscale_bicubic(clean, task.scale)
 
 
@@ -240,9 +252,9 @@ def measure_psnr(state_dict: dict[str, torch.Tensor], task: RestorationTask) -> 
     """Return the mean PSNR in dB of the model restoring the degraded evaluation photos.
 
     Each photo of ``task.eval_photos`` is centre-cropped to ``task.eval_crop``,
-    degraded (denoise: noise drawn from a generator seeded ``task.seed``; sr:
-    ``zoo.train.downscale_bicubic``), restored, clamped to [0, 1] and compared
-    with the clean crop.
+    degraded by :func:`degrade_batch` (random parts drawn from a generator
+    seeded ``task.seed``), restored, clamped to [0, 1] and compared with the
+    clean crop.
 
     Raises:
         ModelLoadError: If spandrel detects no image-to-image architecture.

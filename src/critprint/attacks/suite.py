@@ -228,7 +228,7 @@ def run_attack(
             ``critprint.models.read_state_dict``; not modified.
         task: The task, photos and seed the PSNR is measured with.
         strength: The starting strength; the attack's default when None
-            (``prune``: 0.10 for denoisers, 0.05 for SR).
+            (``prune``: 0.10 for scale-1 models, 0.05 for SR).
         calibrate: Halve the strength while the drop is too large.
         max_drop_db: The PSNR budget in dB, > 0.
         max_tries: Most tries when calibrating, >= 1.

@@ -1,19 +1,22 @@
 """What a benchmark run measures: models, attacks, methods and their settings.
 
 Two plans exist. ``full`` takes every source model and hard negative of the
-evaluation zoo with every attack. ``quick`` takes a few fast models and the
-cheapest settings, so that it fits in the test suite.
+evaluation zoo: for denoising and super-resolution with every attack, for the
+other tasks (deblur, lowlight, derain, jpeg) with pruning and quantization
+only, the attacks of Figure 7 of "Fingerprinting Deep Image Restoration
+Models". ``quick`` takes a few fast models and the cheapest settings, so that
+it fits in the test suite.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 from critprint import zoo
 from critprint.checks import check_choice
 
-__all__ = ["METHODS", "ATTACK_NAMES", "TaskPlan", "BenchPlan", "get_plan", "PLANS"]
+__all__ = ["METHODS", "ATTACK_NAMES", "OTHER_TASK_ATTACKS", "TaskPlan", "BenchPlan", "get_plan", "PLANS"]
 
 METHODS: Final[tuple[str, ...]] = ("critprint", "maxobj", "no-tv", "projcl", "poolcl")
 """Fingerprinting methods a benchmark compares.
@@ -29,14 +32,35 @@ ATTACK_NAMES: Final[tuple[str, ...]] = (
 )
 
 
+OTHER_TASK_ATTACKS: Final[tuple[str, ...]] = ("prune", "quantize")
+"""Attacks of the ``full`` plan on deblurring, low-light, deraining and JPEG models.
+
+Figure 7 of "Fingerprinting Deep Image Restoration Models" shows these two.
+Each further attack adds three critical images per source and method, so the
+other attacks are left to the denoising and super-resolution tasks.
+"""
+
+_OTHER_TASKS: Final[tuple[str, ...]] = ("deblur", "lowlight", "derain", "jpeg")
+
+
 @dataclass(frozen=True)
 class TaskPlan:
-    """The models of one task: sources (attacked and compared) and hard negatives (compared)."""
+    """The models of one task: sources (attacked and compared) and hard negatives (compared).
+
+    Attributes:
+        task: The task name.
+        scale: The models' scale.
+        sources: Models that are attacked and compared.
+        hard_negatives: Models that are only compared.
+        attacks: Attack names for this task, or None for the plan's
+            :attr:`BenchPlan.attacks`.
+    """
 
     task: str
     scale: int
     sources: tuple[str, ...]
     hard_negatives: tuple[str, ...] = ()
+    attacks: tuple[str, ...] | None = None
 
     @property
     def references(self) -> tuple[str, ...]:
@@ -75,25 +99,52 @@ class BenchPlan:
     ipguard_size: int = 32
     fpr: float = 0.01
 
+    def __post_init__(self) -> None:
+        for task in self.tasks:
+            for attack in self.attacks_for(task):
+                check_choice("attack", attack, ATTACK_NAMES)
+
+    def attacks_for(self, task: TaskPlan) -> tuple[str, ...]:
+        """Return the attacks run on one task's sources: the task's own list, else the plan's."""
+        return self.attacks if task.attacks is None else task.attacks
+
+    @property
+    def all_attacks(self) -> tuple[str, ...]:
+        """Every attack some task runs, in :data:`ATTACK_NAMES` order."""
+        used = {attack for task in self.tasks for attack in self.attacks_for(task)}
+        return tuple(attack for attack in ATTACK_NAMES if attack in used)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the plan as a JSON-compatible dictionary."""
         data = asdict(self)
-        data["tasks"] = [asdict(task) | {"references": list(task.references)} for task in self.tasks]
+        data["tasks"] = [
+            asdict(task) | {"references": list(task.references), "attacks": list(self.attacks_for(task))}
+            for task in self.tasks
+        ]
         return data
 
 
-def _zoo_task(task: str, scale: int) -> TaskPlan:
+def _zoo_task(task: str, scale: int, attacks: tuple[str, ...] | None = None) -> TaskPlan:
     entries = [entry for entry in zoo.list_models() if entry.task == task and entry.scale == scale]
     return TaskPlan(
         task=task,
         scale=scale,
         sources=tuple(entry.name for entry in entries if entry.group == "source"),
         hard_negatives=tuple(entry.name for entry in entries if entry.group != "source"),
+        attacks=attacks,
     )
 
 
 def _full() -> BenchPlan:
-    return BenchPlan(name="full", protocol="quick", tasks=(_zoo_task("denoise", 1), _zoo_task("sr", 4)))
+    return BenchPlan(
+        name="full",
+        protocol="quick",
+        tasks=(
+            _zoo_task("denoise", 1),
+            _zoo_task("sr", 4),
+            *(_zoo_task(task, 1, OTHER_TASK_ATTACKS) for task in _OTHER_TASKS),
+        ),
+    )
 
 
 def _quick() -> BenchPlan:
@@ -127,5 +178,5 @@ def get_plan(name: str, tasks: tuple[str, ...] | None = None) -> BenchPlan:
         known = tuple(task.task for task in plan.tasks)
         for task in tasks:
             check_choice("task", task, known)
-        plan = BenchPlan(**{**asdict(plan), "tasks": tuple(t for t in plan.tasks if t.task in tasks)})
+        plan = replace(plan, tasks=tuple(t for t in plan.tasks if t.task in tasks))
     return plan

@@ -66,7 +66,7 @@ def summarise_task(run: TaskRun, plan: BenchPlan) -> dict[str, Any]:
         else:
             entry |= {"auc": None, "tpr_at_1pct_fpr": None}
         entry["success_rate"] = {
-            attack: _rate([p.derived for p in positives if p.attack == attack]) for attack in plan.attacks
+            attack: _rate([p.derived for p in positives if p.attack == attack]) for attack in plan.attacks_for(run.plan)
         }
         entry["false_positive_rate"] = _rate([p.derived for p in negatives])
         entry["min_offdiag_ratio"] = _min_offdiag(ratio_matrix(run, method, run.plan.sources))
@@ -81,6 +81,7 @@ def summarise_task(run: TaskRun, plan: BenchPlan) -> dict[str, Any]:
     return {
         "sources": list(run.plan.sources),
         "hard_negatives": list(run.plan.hard_negatives),
+        "attack_names": list(plan.attacks_for(run.plan)),
         "seconds": round(sum(run.seconds.values()), 1),
         "methods": methods,
         "attacks": run.attacks,
@@ -169,7 +170,7 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
     """Render the benchmark report as Markdown."""
     lines = [f"# critprint benchmark ({plan.name} plan)", ""]
     lines += [
-        f"Protocol preset `{plan.protocol}`; attacks: {', '.join(plan.attacks)}; fine-tuning "
+        f"Protocol preset `{plan.protocol}`; attacks: {', '.join(plan.all_attacks)}; fine-tuning "
         f"{plan.finetune_steps} steps, distillation {plan.distill_steps} steps; IPGuard "
         f"{plan.ipguard_points} points, {plan.ipguard_iterations} search steps.",
         "Ratios are d / eta for the critical-image methods and (1 - match rate) / (1 - threshold) "
@@ -179,6 +180,7 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
     for run in runs:
         task = run.plan.task
         task_summary = summary["tasks"][task]
+        attacks = plan.attacks_for(run.plan)
         lines += [f"## {task}", "", "### Discriminability (critprint, d / eta between source models)", ""]
         lines += _matrix_lines(run, "critprint", run.plan.sources)
         lines += ["", f"![{task} sources]({task}/matrix-sources.png)", ""]
@@ -200,7 +202,7 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
         lines += ["", "### Robustness (ratio per method; below 1 = verified)", ""]
         methods = plan.methods
         rows = []
-        for attack in plan.attacks:
+        for attack in attacks:
             for source in run.plan.sources:
                 suspect = attacked_name(source, attack)
                 cells = []
@@ -211,7 +213,7 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
         lines += _table(["attack", "source", *(_METHOD_LABELS[m] for m in methods)], rows)
         lines += ["", "Success rate per attack:", ""]
         rows = []
-        for attack in plan.attacks:
+        for attack in attacks:
             cells = [_fraction(run, method, attack) for method in methods]
             rows.append([attack, *cells])
         lines += _table(["attack", *(_METHOD_LABELS[m] for m in methods)], rows)
@@ -231,7 +233,7 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
             lines += ["", *_false_positive_lines(task_summary["methods"]["critprint"])]
         lines += ["", f"![{task} critical images]({task}/montage.png)", "",
                   "Montage rows: " + ", ".join(run.plan.sources) + "; columns: the source, then "
-                  + ", ".join(plan.attacks) + ".", ""]
+                  + ", ".join(attacks) + ".", ""]
         if run.failures:
             lines += ["### Failures", ""] + [f"- {item['job']}: {item['error']}" for item in run.failures] + [""]
     return "\n".join(lines)
@@ -262,7 +264,7 @@ def write_outputs(plan: BenchPlan, runs: Sequence[TaskRun], out_dir: Path, extra
                                heatmap(ratio_matrix(run, "critprint", run.plan.hard_negatives)))
         images = run.images.get("critprint", {})
         if images:
-            rows = [[images.get(source)] + [images.get(attacked_name(source, a)) for a in plan.attacks]
+            rows = [[images.get(source)] + [images.get(attacked_name(source, a)) for a in plan.attacks_for(run.plan)]
                     for source in run.plan.sources]
             if any(image is not None for row in rows for image in row):
                 atomic_write_bytes(folder / "montage.png", montage(rows))

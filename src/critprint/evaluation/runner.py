@@ -255,7 +255,7 @@ class _TaskRunner:
         """
         available = records if suspects is None else suspects
         for source in self.task.sources:
-            for attack in self.plan.attacks:
+            for attack in self.plan.attacks_for(self.task):
                 suspect = attacked_name(source, attack)
                 if source in records and suspect in available:
                     visit(source, suspect, "positive", attack)
@@ -270,7 +270,7 @@ def _jobs(runner: _TaskRunner) -> list[tuple[str, Callable[[], None]]]:
     plan, task = runner.plan, runner.task
     jobs: list[tuple[str, Callable[[], None]]] = []
     for source in task.sources:
-        for attack in plan.attacks:
+        for attack in plan.attacks_for(task):
             jobs.append((f"{task.task}: attack {source} with {attack}",
                          lambda s=source, a=attack: runner.make_attack(s, a)))
 
@@ -295,7 +295,7 @@ def _jobs(runner: _TaskRunner) -> list[tuple[str, Callable[[], None]]]:
 def _planned_models(runner: _TaskRunner) -> list[str]:
     names = list(runner.task.references)
     for source in runner.task.sources:
-        names += [attacked_name(source, attack) for attack in runner.plan.attacks]
+        names += [attacked_name(source, attack) for attack in runner.plan.attacks_for(runner.task)]
     return names
 
 
@@ -309,7 +309,7 @@ def count_jobs(plan: BenchPlan) -> int:
     """Return the number of jobs a plan runs, for progress reporting."""
     total = 0
     for task in plan.tasks:
-        attacked = len(task.sources) * len(plan.attacks)
+        attacked = len(task.sources) * len(plan.attacks_for(task))
         total += attacked
         for method in plan.methods:
             total += (len(task.references) if method in IPGUARD_HEADS else len(task.references) + attacked) + 1

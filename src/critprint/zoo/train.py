@@ -5,8 +5,8 @@ settings recorded in ``MODEL_SPECS``, which are the settings that produced the
 shipped files. ``--model NAME`` rebuilds one model, and ``--seed``/``--steps``
 override its recorded values.
 
-Every random draw (weight initialisation, patch positions, augmentation and
-noise) comes from generators seeded by the model's seed. Bit-exact
+Every random draw (weight initialisation, patch positions, augmentation,
+noise and rain layers) comes from generators seeded by the model's seed. Bit-exact
 reproduction additionally needs the same torch version and thread count,
 because floating-point reduction order differs between them.
 """
@@ -41,11 +41,23 @@ from spandrel.architectures.SPAN import SPAN
 from spandrel.architectures.SwinIR import SwinIR
 from torch import nn
 
+from critprint.degradations import blur_kernel, degrade_deblur, degrade_derain, degrade_jpeg, degrade_lowlight, rain_layer
+from critprint.protocol import TASK_DEFAULTS, Protocol, get_protocol
 from critprint.zoo.photos import HELDOUT_PHOTOS, crop_to_multiple, load_photo
 
 logger = logging.getLogger(__name__)
 
-Task = Literal["denoise", "sr"]
+Task = Literal["denoise", "sr", "deblur", "lowlight", "derain", "jpeg"]
+
+PROTOCOL_TASKS: Final[tuple[str, ...]] = ("deblur", "lowlight", "derain", "jpeg")
+"""Tasks whose training degradation is critprint's own, with the ``quick`` preset's parameters."""
+
+_TASK_LABELS: Final[dict[str, str]] = {
+    "deblur": "Deblurring model",
+    "lowlight": "Low-light enhancement model",
+    "derain": "Deraining model",
+    "jpeg": "JPEG artefact-removal model",
+}
 
 ZOO_DIR: Final[Path] = Path(__file__).resolve().parent
 """Folder that contains the shipped manifest, weights and cards."""
@@ -232,6 +244,49 @@ _NEW_SPECS: Final[tuple[ModelSpec, ...]] = (
     ),
 )
 
+_TASK_PHOTO_SUBSETS: Final[tuple[tuple[str, ...], ...]] = (
+    ("astronaut", "rocket", "retina"),
+    ("stereo_motorcycle", "immunohistochemistry", "hubble_deep_field"),
+    ("astronaut", "stereo_motorcycle", "immunohistochemistry"),
+    ("rocket", "hubble_deep_field", "retina"),
+)
+"""Training photo subsets of the other-task models; model i of a task takes subset (task index + i) mod 4."""
+
+
+def _task_sources(task: str, task_index: int, steps: tuple[int, int, int]) -> tuple[ModelSpec, ...]:
+    """Return the three source models of a task in :data:`PROTOCOL_TASKS`: DnCNN, Compact and PLKSR.
+
+    They are named ``ARCH-TASK`` and trained with L1 loss, batch 8, 48 px
+    patches and ``steps`` (one count per architecture).
+    """
+    architectures: tuple[tuple[str, str, dict[str, Any], float], ...] = (
+        ("dncnn", "DnCNN", {"in_nc": 3, "out_nc": 3, "nc": 32, "nb": 8, "act_mode": "R"}, 1e-3),
+        ("compact", "Compact", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 32, "num_conv": 8, "upscale": 1}, 1e-3),
+        ("plksr", "PLKSR", {"dim": 16, "n_blocks": 4, "upscaling_factor": 1, "kernel_size": 9}, 1e-3),
+    )
+    return tuple(
+        ModelSpec(
+            name=f"{prefix}-{task}",
+            task=task,  # type: ignore[arg-type]
+            architecture=architecture,
+            scale=1,
+            architecture_options=options,
+            train_photos=_TASK_PHOTO_SUBSETS[(task_index + index) % len(_TASK_PHOTO_SUBSETS)],
+            steps=steps[index], batch_size=8, patch_size=48, learning_rate=learning_rate,
+            seed=41 + 3 * task_index + index, loss="l1",
+        )
+        for index, (prefix, architecture, options, learning_rate) in enumerate(architectures)
+    )
+
+
+_TASK_SPECS: Final[tuple[ModelSpec, ...]] = (
+    *_task_sources("deblur", 0, (1200, 900, 900)),
+    *_task_sources("lowlight", 1, (1200, 900, 900)),
+    *_task_sources("derain", 2, (1200, 900, 900)),
+    *_task_sources("jpeg", 3, (2400, 900, 900)),
+)
+"""Three source models per task in :data:`PROTOCOL_TASKS`, each trained on critprint's degradation."""
+
 MODEL_SPECS: Final[dict[str, ModelSpec]] = {
     spec.name: spec
     for spec in (
@@ -318,6 +373,7 @@ MODEL_SPECS: Final[dict[str, ModelSpec]] = {
             loss="l1",
         ),
         *_NEW_SPECS,
+        *_TASK_SPECS,
     )
 }
 
@@ -387,16 +443,64 @@ def add_gaussian_noise(
     return clean + sigma * noise
 
 
+def task_protocol(task: str) -> Protocol:
+    """Return the ``quick`` protocol of a task in :data:`PROTOCOL_TASKS`: its degradation's parameters."""
+    if task not in PROTOCOL_TASKS:
+        raise ValueError(f"invalid task {task!r}: expected one of {', '.join(PROTOCOL_TASKS)}")
+    return get_protocol("quick", task)  # type: ignore[arg-type]
+
+
+def degradation_settings(task: str) -> dict[str, Any]:
+    """Return the protocol fields that set a task's degradation, as recorded in the manifest."""
+    protocol = task_protocol(task)
+    return {name: getattr(protocol, name) for name in TASK_DEFAULTS[task]}
+
+
+def degrade_task(task: str, clean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Degrade a (B, 3, H, W) batch in [0, 1] with critprint's degradation of ``task``.
+
+    The parameters are those of ``get_protocol("quick", task)``, so a model
+    learns to undo the degradation its fingerprint is extracted with. The
+    random parts are drawn per call from ``generator``: fresh Gaussian noise
+    for ``deblur`` (sigma ``noise_sigma``), and for ``derain`` one rain layer
+    per image, made by :func:`critprint.degradations.rain_layer` from a seed
+    drawn here. ``lowlight`` (per-image Norm(X^g)) and ``jpeg`` (the
+    differentiable JPEG of :func:`critprint.degradations.degrade_jpeg`, 4:4:4,
+    cubic rounding) have no random part. Nothing is clamped, as in the
+    degradations themselves. The result has the input's shape.
+    """
+    protocol = task_protocol(task)
+    with torch.no_grad():
+        if task == "deblur":
+            noise = None
+            if protocol.noise_sigma > 0:
+                noise = protocol.noise_sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+            return degrade_deblur(clean, blur_kernel(protocol), noise)
+        if task == "lowlight":
+            return degrade_lowlight(clean, protocol.lowlight_gamma)
+        if task == "derain":
+            height, width = clean.shape[-2:]
+            seeds = torch.randint(2**31 - 1, (clean.shape[0],), generator=generator)
+            layers = torch.cat(
+                [rain_layer(protocol.replace(seed=int(seed)), height, width) for seed in seeds]
+            )
+            return degrade_derain(clean, layers)
+        return degrade_jpeg(clean, protocol.jpeg_quality)
+
+
 def degrade(spec: ModelSpec, clean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Make the network input for a (B, 3, H, W) ground-truth batch in [0, 1].
 
     Denoisers get noisy images of the same size. SR models get the bicubic
-    downscaled image of size (B, 3, H / scale, W / scale).
+    downscaled image of size (B, 3, H / scale, W / scale). The other tasks get
+    :func:`degrade_task`.
     """
     if spec.task == "denoise":
         if spec.train_noise_sigma is None:
             raise ValueError(f"Denoiser {spec.name!r} has no train_noise_sigma")
         return add_gaussian_noise(clean, spec.train_noise_sigma, generator)
+    if spec.task in PROTOCOL_TASKS:
+        return degrade_task(spec.task, clean, generator)
     return downscale_bicubic(clean, spec.scale)
 
 
@@ -500,11 +604,12 @@ def degrade_heldout(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Make (network input, degraded baseline at target size) for one held-out photo.
 
-    ``clean`` is (1, 3, H, W). For denoisers both are the unclipped noisy
-    image. For SR the baseline is the LR input upscaled back with bicubic.
+    ``clean`` is (1, 3, H, W). For SR the baseline is the LR input upscaled
+    back with bicubic; for the other tasks both are the degraded image, not
+    clipped.
     """
     network_input = degrade(spec, clean, generator)
-    if spec.task == "denoise":
+    if spec.task != "sr":
         return network_input, network_input
     return network_input, upscale_bicubic(network_input, spec.scale)
 
@@ -517,7 +622,8 @@ def evaluate_heldout(
 
     Returns photo name to (degraded PSNR, restored PSNR) in dB. The restored
     output is clamped to [0, 1]. Photos are cropped to a multiple of the scale
-    and denoiser noise is drawn from ``EVAL_NOISE_SEED``.
+    and the random parts of the degradation (noise, rain) are drawn from
+    ``EVAL_NOISE_SEED``.
     """
     model.eval()
     generator = torch.Generator().manual_seed(EVAL_NOISE_SEED)
@@ -589,6 +695,8 @@ def manifest_entry(result: TrainResult, seed: int, steps: int) -> dict[str, Any]
     }
     if spec.train_noise_sigma is not None:
         entry["train_noise_sigma"] = spec.train_noise_sigma
+    if spec.task in PROTOCOL_TASKS:
+        entry["degradation"] = {"protocol": "quick", **degradation_settings(spec.task)}
     entry.update(
         {
             "psnr_degraded_db": round(result.psnr_degraded_db, 2),
@@ -629,6 +737,24 @@ def reproduce_command(spec: ModelSpec, seed: int, steps: int) -> str:
     return f"python -m critprint.zoo.train --model {spec.name} --seed {seed} --steps {steps}"
 
 
+def task_summary(task: str, scale: int = 1, noise_sigma: float | None = None) -> str:
+    """Describe a task and its degradation in a few words, for the zoo table."""
+    if task == "denoise":
+        return f"denoise, sigma {(noise_sigma if noise_sigma is not None else _DENOISE_SIGMA) * 255:g}/255"
+    if task == "sr":
+        return f"x{scale} SR"
+    settings = degradation_settings(task)
+    if task == "deblur":
+        return (
+            f"deblur, Gaussian sigma {settings['blur_sigma']:g} px, noise {settings['noise_sigma']:g}"
+        )
+    if task == "lowlight":
+        return f"lowlight, gamma {settings['lowlight_gamma']:g}"
+    if task == "derain":
+        return f"derain, density {settings['rain_density']:g}, intensity {settings['rain_intensity']:g}"
+    return f"jpeg, quality {settings['jpeg_quality']}"
+
+
 def _degradation_text(spec: ModelSpec) -> str:
     if spec.task == "denoise":
         sigma = spec.train_noise_sigma or 0.0
@@ -636,23 +762,62 @@ def _degradation_text(spec: ModelSpec) -> str:
             f"additive Gaussian noise, sigma {sigma * 255:g}/255 = {sigma:.4f} on the "
             "[0, 1] scale, not clipped"
         )
+    if spec.task == "sr":
+        return (
+            f"x{spec.scale} downscaling with `torch.nn.functional.interpolate(hr, "
+            f'scale_factor=1/{spec.scale}, mode="bicubic", antialias=True)`, clamped to [0, 1]'
+        )
+    settings = degradation_settings(spec.task)
+    if spec.task == "deblur":
+        return (
+            f"critprint's `degrade_deblur`: Gaussian blur, sigma {settings['blur_sigma']:g} px on a kernel of "
+            f"{settings['blur_size']} px, reflect padding, then fresh Gaussian noise of sigma "
+            f"{settings['noise_sigma']:g} per batch, not clipped"
+        )
+    if spec.task == "lowlight":
+        return (
+            f"critprint's `degrade_lowlight`: Norm(X^{settings['lowlight_gamma']:g}), each image min-max "
+            "normalised to [0, 1]"
+        )
+    if spec.task == "derain":
+        return (
+            f"critprint's `degrade_derain`: rain streaks from {settings['rain_density']:g} of the pixels, "
+            f"{settings['rain_length']} px long at {settings['rain_angle']:g} degrees, intensity "
+            f"{settings['rain_intensity']:g}, added and not clipped; a new rain layer per image, from a seed "
+            "drawn by the training generator"
+        )
     return (
-        f"x{spec.scale} downscaling with `torch.nn.functional.interpolate(hr, "
-        f'scale_factor=1/{spec.scale}, mode="bicubic", antialias=True)`, clamped to [0, 1]'
+        f"critprint's `degrade_jpeg`: differentiable JPEG at quality {settings['jpeg_quality']} "
+        "(8 x 8 DCT, IJG tables, 4:4:4, cubic rounding), not clipped; the fingerprint's own JPEG, "
+        "not Pillow's"
     )
 
 
 def _evaluation_text(spec: ModelSpec) -> str:
-    if spec.task == "denoise":
+    if spec.task == "sr":
         return (
-            "PSNR in dB on the full held-out photos, comparing the noisy input with the\n"
-            "model output clamped to [0, 1]. The evaluation noise is drawn with seed "
-            f"{EVAL_NOISE_SEED}."
+            f"PSNR in dB on the full held-out photos (cropped to a multiple of {spec.scale}),\n"
+            "comparing bicubic upscaling of the LR input with the model output clamped to [0, 1]."
         )
-    return (
-        f"PSNR in dB on the full held-out photos (cropped to a multiple of {spec.scale}),\n"
-        "comparing bicubic upscaling of the LR input with the model output clamped to [0, 1]."
+    random_parts = {"denoise": "noise", "deblur": "noise", "derain": "rain layers"}.get(spec.task)
+    seed_text = (
+        f" The evaluation {random_parts} {'are' if random_parts.endswith('s') else 'is'} drawn with seed "
+        f"{EVAL_NOISE_SEED}."
+        if random_parts
+        else ""
     )
+    return (
+        "PSNR in dB on the full held-out photos, comparing the degraded input (not clipped) with the\n"
+        f"model output clamped to [0, 1].{seed_text}"
+    )
+
+
+def _model_kind(spec: ModelSpec) -> str:
+    if spec.task == "denoise":
+        return "Denoiser"
+    if spec.task == "sr":
+        return f"x{spec.scale} super-resolution model"
+    return _TASK_LABELS[spec.task]
 
 
 def render_card(result: TrainResult, entry: dict[str, Any], weight_bytes: int) -> str:
@@ -666,8 +831,7 @@ def render_card(result: TrainResult, entry: dict[str, Any], weight_bytes: int) -
     gain = entry["psnr_restored_db"] - entry["psnr_degraded_db"]
     return f"""# {spec.name}
 
-{"Denoiser" if spec.task == "denoise" else f"x{spec.scale} super-resolution model"} \
-trained from scratch for the critprint model zoo.
+{_model_kind(spec)} trained from scratch for the critprint model zoo.
 
 | Field | Value |
 | --- | --- |
@@ -751,7 +915,7 @@ def render_zoo_table(entries: Sequence[dict[str, Any]], zoo_dir: Path = ZOO_DIR)
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for entry in entries:
-        task = "denoise, sigma 25/255" if entry["task"] == "denoise" else f"x{entry['scale']} SR"
+        task = task_summary(entry["task"], entry["scale"], entry.get("train_noise_sigma"))
         size = (zoo_dir / entry["file"]).stat().st_size
         rows.append(
             f"| `{entry['name']}` | {entry.get('group', 'source')} | {task} | {entry['architecture']} "
