@@ -130,7 +130,7 @@ def test_zoo_list_and_path() -> None:
     models = json.loads(stdout)
     assert {"name", "task", "architecture", "scale"} <= set(models[0])
     tasks = {item["task"] for item in models}
-    assert tasks == {"denoise", "sr"}
+    assert tasks == {"denoise", "sr", "deblur", "lowlight", "derain", "jpeg"}
     code, stdout, _ = run("zoo", "path", models[0]["name"])
     assert code == 0
     assert Path(stdout.strip()).is_file()
