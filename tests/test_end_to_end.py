@@ -63,3 +63,19 @@ def test_fingerprint_from_another_machine_verifies(name: str) -> None:
     result = verify(f"zoo:{name}", record)
     assert result.verdict == "derived"
     assert result.ratio < 0.5
+
+
+@pytest.mark.parametrize("task", ["deblur", "lowlight", "derain", "jpeg"])
+def test_bundled_model_of_each_task_verifies_pruned_copy(task: str, tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    model = f"zoo:dncnn-{task}"
+    small = ["--size", "32", "--iterations", "100"]
+    result = runner.invoke(app, ["register", model, "--name", "source", "--registry", str(registry), *small])
+    assert result.exit_code == 0, result.output
+    pruned = tmp_path / "pruned.safetensors"
+    save_state_dict(prune_magnitude(read_state_dict(model), 0.10), pruned)
+    result = runner.invoke(app, ["verify", str(pruned), "--against", "source", "--registry", str(registry), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["task"] == task
+    assert record["verdict"] == "derived", record["ratio"]
