@@ -187,7 +187,7 @@ def test_custom_degradation_seeded(custom_module: str) -> None:
     ("attribute", "message"),
     [
         ("missing", f"module '{CUSTOM_MODULE}' has no attribute 'missing'"),
-        ("NOT_A_FUNCTION", "names a int, not a function"),
+        ("NOT_A_FUNCTION", "names a int, not a callable"),
     ],
 )
 def test_custom_degradation_attribute_errors(custom_module: str, attribute: str, message: str) -> None:
@@ -196,7 +196,7 @@ def test_custom_degradation_attribute_errors(custom_module: str, attribute: str,
 
 
 def test_custom_degradation_import_errors(custom_module: str) -> None:
-    with pytest.raises(InvalidInputError, match="cannot import module 'no_such_module_for_critprint'.*PYTHONPATH"):
+    with pytest.raises(InvalidInputError, match="failed to import module 'no_such_module_for_critprint'.*PYTHONPATH"):
         load_custom_degradation("no_such_module_for_critprint:degrade")
     # The module exists but its own import fails.
     with pytest.raises(InvalidInputError, match="missing_dependency_for_critprint_tests"):
@@ -242,7 +242,7 @@ def test_cli_custom_degradation_errors(denoisers: dict[str, Path], tmp_path: Pat
         "--custom-degradation", "no_such_module_for_critprint:f", "--registry", tmp_path, *FAST,
     )
     assert code == 1
-    assert "cannot import module 'no_such_module_for_critprint'" in stderr
+    assert "failed to import module 'no_such_module_for_critprint'" in stderr
     assert stderr.count("\n") == 1
 
 

@@ -14,7 +14,6 @@ Every degradation ends with ``+ N``: the noise, when the protocol's
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import math
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from critprint.checks import check_choice, check_image_batch
 from critprint.errors import InvalidInputError
 from critprint.protocol import CUSTOM_SPEC, TASKS, Protocol, seeded_generator
+from critprint.userimport import import_callable
 
 __all__ = [
     "CustomDegradation",
@@ -434,30 +434,10 @@ def load_custom_degradation(spec: str) -> CustomDegradation:
             f"invalid custom_degradation {spec!r}: expected 'package.module:function' naming your degradation"
         )
     module_name, attribute = spec.split(":")
-    try:
-        target: object = importlib.import_module(module_name)
-    except ImportError as error:
-        raise InvalidInputError(
-            f"cannot import module {module_name!r} of custom_degradation {spec!r} ({error}); "
-            "install it or add its folder to PYTHONPATH"
-        ) from error
-    except Exception as error:  # noqa: BLE001 - importing user code may raise anything
-        raise InvalidInputError(
-            f"importing module {module_name!r} of custom_degradation {spec!r} raised "
-            f"{type(error).__name__}: {error}; fix the module"
-        ) from error
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise InvalidInputError(
-                f"module {module_name!r} has no attribute {attribute!r} (custom_degradation {spec!r}); "
-                "check the function name after ':'"
-            )
-        target = getattr(target, part)
-    if not callable(target):
-        raise InvalidInputError(
-            f"custom_degradation {spec!r} names a {type(target).__name__}, not a function; "
-            "expected function(image, generator) -> tensor"
-        )
+    target = import_callable(
+        module_name, attribute, f"custom_degradation {spec!r}", InvalidInputError,
+        "function(image, generator) -> tensor",
+    )
     return target  # type: ignore[return-value]
 
 

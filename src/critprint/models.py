@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib
 import json
 import logging
 import re
@@ -45,6 +44,7 @@ from torch import nn
 from critprint import zoo
 from critprint.errors import IncompatibleModelError, InvalidInputError, ModelLoadError
 from critprint.protocol import TASKS, Task
+from critprint.userimport import import_callable
 
 __all__ = [
     "ModelFormat",
@@ -621,31 +621,9 @@ def parse_arch_kwargs(text: str) -> dict[str, Any]:
 def _build_architecture(spec: ArchSpec, kwargs: Mapping[str, Any]) -> nn.Module:
     """Import the callable named by ``spec`` and call it with ``kwargs``. This runs user code."""
     logger.info("importing %s for --arch %s; its code runs in this process", spec.module, spec)
-    try:
-        target: Any = importlib.import_module(spec.module)
-    except ModuleNotFoundError as error:
-        raise ModelLoadError(
-            f"failed to import module {spec.module!r} of --arch {spec} ({_first_line(error)}); "
-            "put the folder that contains it on PYTHONPATH, or install its package"
-        ) from None
-    except Exception as error:  # noqa: BLE001 - importing user code can raise anything
-        raise ModelLoadError(
-            f"failed to import module {spec.module!r} of --arch {spec}: it raised {type(error).__name__}: "
-            f"{_first_line(error)}; fix the module"
-        ) from error
-    for part in spec.attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ModelLoadError(
-                f"module {spec.module!r} has no attribute {spec.attribute!r} (--arch {spec}); "
-                "name a class or function defined in it"
-            ) from None
-    if not callable(target):
-        raise ModelLoadError(
-            f"--arch {spec} names a {type(target).__name__}, not a callable; "
-            "name a class or function that returns the network"
-        )
+    target = import_callable(
+        spec.module, spec.attribute, f"--arch {spec}", ModelLoadError, "a class or function that returns the network"
+    )
     try:
         module = target(**kwargs)
     except Exception as error:  # noqa: BLE001 - user code can raise anything
