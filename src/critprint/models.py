@@ -44,7 +44,7 @@ from torch import nn
 from critprint import zoo
 from critprint.errors import IncompatibleModelError, InvalidInputError, ModelLoadError
 from critprint.protocol import TASKS, Task
-from critprint.userimport import import_callable
+from critprint.userimport import first_line, import_callable
 
 __all__ = [
     "ModelFormat",
@@ -248,7 +248,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as error:
             raise ModelLoadError(
-                f"model file {path} is not a valid safetensors file ({_first_line(error)}); "
+                f"model file {path} is not a valid safetensors file ({first_line(error)}); "
                 "check that the file is complete"
             ) from None
     # weights_only=True uses torch's restricted unpickler: a file that names
@@ -290,7 +290,7 @@ def read_state_dict(spec: str | Path) -> dict[str, torch.Tensor]:
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: BLE001 - any parse failure means an unreadable checkpoint
-        raise ModelLoadError(f"cannot read model file {spec}: {_first_line(error)}") from error
+        raise ModelLoadError(f"cannot read model file {spec}: {first_line(error)}") from error
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
@@ -303,11 +303,6 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path) -> Pa
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
     atomic_write_bytes(target, save(tensors))
     return target
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @functools.cache
@@ -345,7 +340,7 @@ def _load_spandrel(path: Path, source: str, task_hint: Task | None, sha256: str)
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: BLE001 - spandrel raises assorted types on a malformed state dict
-        raise ModelLoadError(f"cannot build a model from {source}: {_first_line(error)}") from error
+        raise ModelLoadError(f"cannot build a model from {source}: {first_line(error)}") from error
     if not isinstance(descriptor, ImageModelDescriptor):
         raise ModelLoadError(
             f"model {source} is a {descriptor.purpose} model ({descriptor.architecture.id}); "
@@ -412,7 +407,7 @@ def _probe(
                 output = module(probe)
         except Exception as error:  # noqa: BLE001 - a wrong channel count raises RuntimeError or others
             last_error = error
-            logger.debug("%s rejects a %d-channel probe: %s", label, channels, _first_line(error))
+            logger.debug("%s rejects a %d-channel probe: %s", label, channels, first_line(error))
             continue
         if not isinstance(output, torch.Tensor) or output.ndim != 4:
             raise IncompatibleModelError(
@@ -426,7 +421,7 @@ def _probe(
             )
         return _Probe(input_channels=channels, output_channels=int(output.shape[1]), scale=scale)
     tried = " and ".join(f"1 x {channels} x {size} x {size}" for channels in channel_options)
-    detail = f"{type(last_error).__name__}: {_first_line(last_error)}" if last_error is not None else "no probe"
+    detail = f"{type(last_error).__name__}: {first_line(last_error)}" if last_error is not None else "no probe"
     raise IncompatibleModelError(f"{label} rejects {tried} inputs ({detail}); expected an image-to-image model")
 
 
@@ -437,7 +432,7 @@ def _load_torchscript(path: Path, source: str, task_hint: Task | None, sha256: s
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # noqa: BLE001 - TorchScript raises several unrelated types
-        raise ModelLoadError(f"cannot read TorchScript file {source}: {_first_line(error)}") from error
+        raise ModelLoadError(f"cannot read TorchScript file {source}: {first_line(error)}") from error
     module = _freeze(module)
     measured = _probe(module, f"TorchScript model {source}")
     return ModelHandle(
@@ -507,7 +502,7 @@ def _load_onnx(path: Path, source: str, task_hint: Task | None, sha256: str) -> 
         model = onnx.load(str(path))
     except Exception as error:  # noqa: BLE001 - protobuf and onnx raise assorted types on a damaged file
         raise ModelLoadError(
-            f"model file {source} is not a valid ONNX file ({_first_line(error)}); check that the file is complete"
+            f"model file {source} is not a valid ONNX file ({first_line(error)}); check that the file is complete"
         ) from None
 
     dims = _onnx_input_shape(model.graph, source)
@@ -522,7 +517,7 @@ def _load_onnx(path: Path, source: str, task_hint: Task | None, sha256: str) -> 
         module = convert(model)
     except Exception as error:  # noqa: BLE001 - converters raise assorted types on attributes they lack
         raise ModelLoadError(
-            f"cannot convert ONNX model {source} to PyTorch ({type(error).__name__}: {_first_line(error)}); "
+            f"cannot convert ONNX model {source} to PyTorch ({type(error).__name__}: {first_line(error)}); "
             "re-export it with another opset_version, or as TorchScript for --torchscript"
         ) from None
     # Adam optimises a float32 image, which a float16 graph would reject.
@@ -629,7 +624,7 @@ def _build_architecture(spec: ArchSpec, kwargs: Mapping[str, Any]) -> nn.Module:
     except Exception as error:  # noqa: BLE001 - user code can raise anything
         raise ModelLoadError(
             f"calling {spec} with --arch-kwargs {json.dumps(dict(kwargs))} raised {type(error).__name__}: "
-            f"{_first_line(error)}; check the keyword arguments"
+            f"{first_line(error)}; check the keyword arguments"
         ) from error
     if not isinstance(module, nn.Module):
         raise ModelLoadError(
@@ -699,7 +694,7 @@ def _load_arch(
     try:
         module.load_state_dict(state, strict=True)
     except Exception as error:  # noqa: BLE001 - load_state_dict raises RuntimeError and others
-        raise ModelLoadError(f"cannot load state dict {source} into --arch {spec}: {_first_line(error)}") from error
+        raise ModelLoadError(f"cannot load state dict {source} into --arch {spec}: {first_line(error)}") from error
     module = _freeze(module)
     measured = _probe(module, f"model {source} built by --arch {spec}")
     return ModelHandle(

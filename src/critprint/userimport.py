@@ -13,10 +13,11 @@ from typing import Any
 
 from critprint.errors import CritprintError
 
-__all__ = ["import_callable"]
+__all__ = ["import_callable", "first_line"]
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """Return the first line of an error message, or the error type when the message is empty."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -45,13 +46,13 @@ def import_callable(
         target: Any = importlib.import_module(module_name)
     except ImportError as error:
         raise error_type(
-            f"failed to import module {module_name!r} of {label} ({_first_line(error)}); "
+            f"failed to import module {module_name!r} of {label} ({first_line(error)}); "
             "put the folder that contains it on PYTHONPATH, or install its package"
         ) from None
     except Exception as error:  # noqa: BLE001 - importing user code can raise anything
         raise error_type(
             f"failed to import module {module_name!r} of {label}: it raised {type(error).__name__}: "
-            f"{_first_line(error)}; fix the module"
+            f"{first_line(error)}; fix the module"
         ) from error
     for part in attribute.split("."):
         if not hasattr(target, part):
