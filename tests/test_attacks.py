@@ -152,18 +152,25 @@ def test_calibration_halves_strength_until_within_budget(zoo_dncnn: StateDict) -
 
 def test_calibration_reports_failure_when_tries_run_out(zoo_dncnn: StateDict) -> None:
     _, outcome = run_attack("prune", zoo_dncnn, RestorationTask("denoise"), strength=0.95, max_tries=2)
-    assert len(outcome.tried) == 2 and outcome.strength == pytest.approx(0.475)
-    assert not outcome.within_budget and outcome.psnr_change_db < -1.0
+    assert len(outcome.tried) == 2
+    assert outcome.strength == pytest.approx(0.475)
+    assert not outcome.within_budget
+    assert outcome.psnr_change_db < -1.0
 
 
-def test_default_prune_is_within_budget_and_uncalibrated_attacks_run_once(zoo_dncnn: StateDict) -> None:
+def test_default_strengths_take_one_try(zoo_dncnn: StateDict) -> None:
     task = RestorationTask("denoise")
     _, pruned = run_attack("prune", zoo_dncnn, task)
-    assert pruned.strength == 0.10 and pruned.within_budget and len(pruned.tried) == 1
+    assert pruned.strength == 0.10
+    assert pruned.within_budget
+    assert len(pruned.tried) == 1
     _, quantized = run_attack("quantize", zoo_dncnn, task, max_tries=4)
-    assert quantized.strength == 8 and len(quantized.tried) == 1 and quantized.within_budget
+    assert quantized.strength == 8
+    assert len(quantized.tried) == 1
+    assert quantized.within_budget
     _, uncalibrated = run_attack("prune", zoo_dncnn, task, strength=0.9, calibrate=False)
-    assert len(uncalibrated.tried) == 1 and not uncalibrated.within_budget
+    assert len(uncalibrated.tried) == 1
+    assert not uncalibrated.within_budget
 
 
 def test_sr_prune_starts_at_paper_fraction(upscaler: StateDict) -> None:

@@ -28,15 +28,17 @@ def test_auc_counts_ties_as_half() -> None:
     assert roc_auc([0.0], [1.0, 2.0]) == 0.0
 
 
-def test_tpr_at_fpr_allows_no_false_positive_with_few_negatives() -> None:
+def test_tpr_at_fpr_with_few_negatives() -> None:
     positives = [0.9, 0.8, 0.3]
     negatives = [0.5, 0.1]
     # Any threshold at or below 0.5 accepts a negative (50 % FPR), so only 0.9 and 0.8 pass.
     assert tpr_at_fpr(positives, negatives, 0.01) == pytest.approx(2 / 3)
     assert tpr_at_fpr(positives, negatives, 0.5) == 1.0
     fpr, tpr = roc_curve(positives, negatives)
-    assert fpr[0] == 0.0 and tpr[0] == 0.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
-    assert list(fpr) == sorted(fpr) and list(tpr) == sorted(tpr)
+    assert (fpr[0], tpr[0]) == (0.0, 0.0)
+    assert (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert list(fpr) == sorted(fpr)
+    assert list(tpr) == sorted(tpr)
 
 
 def test_roc_rejects_empty_and_non_finite_scores() -> None:
@@ -52,7 +54,9 @@ def test_roc_rejects_empty_and_non_finite_scores() -> None:
 
 def test_heatmap_colours_follow_the_threshold() -> None:
     below, above = _ratio_colour(0.1), _ratio_colour(10.0)
-    assert below[2] > below[1] and above[0] > above[2]  # blue-purple below 1, orange-yellow above
+    # Blue to purple below 1, orange to yellow above.
+    assert below[2] > below[1]
+    assert above[0] > above[2]
     assert _ratio_colour(None) == (255, 255, 255)
     png = heatmap([[None, 0.5], [2.0, None]], cell=4)
     assert png.startswith(b"\x89PNG")
@@ -67,7 +71,8 @@ def test_montage_leaves_blank_tiles() -> None:
     picture = Image.open(BytesIO(montage([[image, None]], scale=1, gap=2)))
     assert picture.size == (2 * (8 + 2) + 2, 8 + 2 * 2)
     pixels = picture.load()
-    assert pixels[3, 3] == (0, 0, 0) and pixels[13, 3] == (255, 255, 255)
+    assert pixels[3, 3] == (0, 0, 0)
+    assert pixels[13, 3] == (255, 255, 255)
 
 
 def test_plan_rejects_unknown_names() -> None:
@@ -119,18 +124,20 @@ def test_quick_bench_writes_the_summary(quick_bench: tuple[Path, dict, float]) -
             entry = task_summary["methods"][method]
             assert entry["positives"] == len(task.sources) * len(plan.attacks)
             assert entry["negatives"] == references * (references - 1)
-            assert 0.0 <= entry["auc"] <= 1.0 and 0.0 <= entry["tpr_at_1pct_fpr"] <= 1.0
+            assert 0.0 <= entry["auc"] <= 1.0
+            assert 0.0 <= entry["tpr_at_1pct_fpr"] <= 1.0
             assert set(entry["success_rate"]) == set(plan.attacks)
             assert all(0.0 <= rate <= 1.0 for rate in entry["success_rate"].values())
             assert entry["min_offdiag_ratio"] > 0
-        # The IPGuard threshold is set so that every pair of sources is told apart.
+        # The IPGuard threshold is set so that every pair of sources is distinguished.
         for method in ("projcl", "poolcl"):
             assert task_summary["methods"][method]["min_offdiag_ratio"] >= 1.0
         assert len(task_summary["attacks"]) == len(task.sources) * len(plan.attacks)
         for name in ("matrix-sources.png", "montage.png"):
             assert (out / task.task / name).read_bytes().startswith(b"\x89PNG")
     report = (out / "report.md").read_text()
-    assert "### Robustness" in report and "TPR at 1 % FPR" in report
+    assert "### Robustness" in report
+    assert "TPR at 1 % FPR" in report
 
 
 def test_quick_bench_pairs_agree_with_the_summary(quick_bench: tuple[Path, dict, float]) -> None:

@@ -1,4 +1,4 @@
-"""The benchmark behind ``critprint bench``: the paper's experiments and the ones it did not run.
+"""The benchmark behind ``critprint bench``: the experiments of "Fingerprinting Deep Image Restoration Models" and more.
 
 :func:`run_bench` runs a plan (see :mod:`critprint.evaluation.plan`) over the
 evaluation zoo and writes ``summary.json``, ``pairs.json``, ``report.md`` and
@@ -33,7 +33,7 @@ def run_bench(plan: BenchPlan, out_dir: str | Path, progress: BenchProgress | No
     reused, so an interrupted run can be started again.
 
     Returns:
-        The summary that ``out_dir/summary.json`` holds.
+        The summary, as written to ``out_dir/summary.json``.
     """
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,11 @@
 """Turn what a benchmark measured into a summary, tables and pictures.
 
-Per task and method the summary holds the ROC area, the true-positive rate at
-the plan's false-positive rate, the success rate per attack, the smallest
+Per task and method the summary contains the ROC area, the true-positive rate
+at the plan's false-positive rate, the success rate per attack, the smallest
 ratio between different source models and the pair counts. The Markdown report
-holds the tables of "Fingerprinting Deep Image Restoration Models" (discriminability matrices,
-robustness, ablation) and the ROC table; the pictures are the matrices as heat maps and a montage of
-critical images.
+contains the tables of "Fingerprinting Deep Image Restoration Models"
+(discriminability matrices, robustness, ablation) and the ROC table. The
+pictures are the matrices as heat maps and a montage of critical images.
 """
 
 from __future__ import annotations

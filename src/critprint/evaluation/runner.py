@@ -220,7 +220,7 @@ class _TaskRunner:
 
         self.each_pair(collect, records, self.paths)
         # The rule of "Fingerprinting Deep Image Restoration Models": the lowest threshold under which every pair
-        # of different source models is told apart.
+        # of different source models is distinguished.
         sources = set(self.task.sources)
         source_rates = [rate for (a, b), rate in rates.items() if a in sources and b in sources and a != b]
         threshold = max(source_rates, default=0.0)
