@@ -150,6 +150,9 @@ def test_zoo_list_and_path() -> None:
         (["remove", "ghost"], "no fingerprint named 'ghost'"),
         (["zoo", "path", "ghost"], "unknown bundled model 'ghost'"),
         (["verify", "{model}", "--fingerprint", "missing.safetensors"], "fingerprint file not found"),
+        (["register", "{model}", "--name", "x", "--device", "gpu", *FAST], "invalid device 'gpu'"),
+        (["verify", "{model}", "--against", "alpha", "--autocast", "int8"], "invalid autocast 'int8'"),
+        (["identify", "{model}", "--device", "tpu"], "invalid device 'tpu'"),
     ],
 )
 def test_failures_exit_one_with_one_line(

@@ -99,3 +99,52 @@ def test_thread_count_keeps_verdict(model_dir: Path, fast_denoise: Protocol) -> 
     decision = decide(feature_vector(single.critical_image), feature_vector(double.critical_image))
     assert decision.verdict == "derived"
     assert decision.ratio < 0.1
+
+
+def test_default_runtime_matches_no_runtime(model_dir: Path, fast_denoise: Protocol) -> None:
+    from critprint.extraction import Runtime
+
+    handle = load_model(model_dir / "denoiser_a.safetensors")
+    plain = extract_critical_image(handle, fast_denoise)
+    explicit = extract_critical_image(handle, fast_denoise, runtime=Runtime(device="cpu"))
+    assert torch.equal(plain.critical_image, explicit.critical_image)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"autocast": "bfloat16"}, {"channels_last": True}], ids=["bfloat16", "channels-last"]
+)
+def test_runtime_variants_keep_verdict(model_dir: Path, fast_denoise: Protocol, settings: dict[str, object]) -> None:
+    from critprint.decision import decide
+    from critprint.extraction import Runtime
+    from critprint.features import feature_vector
+
+    handle = load_model(model_dir / "denoiser_a.safetensors")
+    reference = extract_critical_image(handle, fast_denoise)
+    variant = extract_critical_image(handle, fast_denoise, runtime=Runtime(**settings))  # type: ignore[arg-type]
+    assert variant.critical_image.dtype == torch.float32
+    decision = decide(feature_vector(reference.critical_image), feature_vector(variant.critical_image))
+    assert decision.verdict == "derived"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"device": "gpu"}, "invalid device 'gpu': expected cpu, cuda or cuda:N"),
+        ({"autocast": "int8"}, "invalid autocast 'int8': expected one of none, bfloat16, float16"),
+    ],
+)
+def test_runtime_rejects_bad_settings(settings: dict[str, str], message: str) -> None:
+    from critprint.errors import InvalidInputError
+    from critprint.extraction import Runtime
+
+    with pytest.raises(InvalidInputError, match=message):
+        Runtime(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_runtime_rejects_cuda_without_gpu() -> None:
+    from critprint.errors import InvalidInputError
+    from critprint.extraction import Runtime
+
+    with pytest.raises(InvalidInputError, match="no CUDA GPU is available here; use --device cpu"):
+        Runtime(device="cuda")

@@ -14,7 +14,7 @@ from typing import Any
 
 from critprint.decision import Decision, Verdict, decide
 from critprint.errors import FingerprintFormatError, IncompatibleModelError, InvalidInputError, RegistryError
-from critprint.extraction import ProgressCallback, check_compatible, extract_critical_image
+from critprint.extraction import ProgressCallback, Runtime, check_compatible, extract_critical_image
 from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint, ModelIdentity, now_utc, software_versions
 from critprint.models import ModelHandle, infer_task, load_model
@@ -123,6 +123,7 @@ def fingerprint_model(
     protocol: str | Protocol = "quick",
     task: str | None = None,
     progress: ProgressCallback | None = None,
+    runtime: Runtime | None = None,
 ) -> Fingerprint:
     """Extract a model's fingerprint.
 
@@ -132,10 +133,11 @@ def fingerprint_model(
         task: One of :data:`critprint.protocol.TASKS`; inferred when the
             model states it.
         progress: Optional ``callback(step, total, loss)``.
+        runtime: Device and precision of the extraction; the CPU in float32 if None.
     """
     handle = _as_handle(model)
     resolved = resolve_protocol(handle, protocol, task)
-    result = extract_critical_image(handle, resolved, progress)
+    result = extract_critical_image(handle, resolved, progress, runtime)
     return Fingerprint(
         critical_image=result.critical_image,
         features=feature_vector(result.critical_image, resolved.features),
@@ -155,6 +157,7 @@ def register(
     protocol: str | Protocol = "quick",
     task: str | None = None,
     progress: ProgressCallback | None = None,
+    runtime: Runtime | None = None,
 ) -> RegistryEntry:
     """Fingerprint a model and store it under a unique name.
 
@@ -166,7 +169,7 @@ def register(
     """
     registry = registry or Registry()
     registry.ensure_available(name)
-    fingerprint = fingerprint_model(model, protocol, task, progress)
+    fingerprint = fingerprint_model(model, protocol, task, progress, runtime)
     return registry.add(name, fingerprint)
 
 
@@ -230,6 +233,7 @@ def verify(
     source_name: str = "fingerprint",
     progress: ProgressCallback | None = None,
     allow_custom: bool = False,
+    runtime: Runtime | None = None,
 ) -> Verification:
     """Decide whether a suspect model is derived from a source fingerprint.
 
@@ -239,6 +243,7 @@ def verify(
     Args:
         allow_custom: Run a custom degradation the fingerprint names; it
             imports a module, so only for fingerprints you trust.
+        runtime: Device and precision of the extraction; the CPU in float32 if None.
 
     Raises:
         IncompatibleModelError: If the suspect's channels or scale differ from
@@ -250,7 +255,7 @@ def verify(
     check_custom_allowed(source.protocol, source_name, allow_custom)
     handle = _as_handle(suspect)
     _check_suspect(source, handle)
-    result = extract_critical_image(handle, source.protocol, progress)
+    result = extract_critical_image(handle, source.protocol, progress, runtime)
     features = feature_vector(result.critical_image, source.protocol.features)
     return _compare(source_name, source, handle, features, time.perf_counter() - start)
 
@@ -261,10 +266,11 @@ def verify_registered(
     registry: Registry | None = None,
     progress: ProgressCallback | None = None,
     allow_custom: bool = False,
+    runtime: Runtime | None = None,
 ) -> Verification:
     """Verify a suspect against the registered fingerprint called ``name``."""
     registry = registry or Registry()
-    return verify(suspect, registry.load(name), name, progress, allow_custom)
+    return verify(suspect, registry.load(name), name, progress, allow_custom, runtime)
 
 
 def identify(
@@ -274,6 +280,7 @@ def identify(
     task: str | None = None,
     progress: ProgressCallback | None = None,
     allow_custom: bool = False,
+    runtime: Runtime | None = None,
 ) -> list[Verification]:
     """Compare a suspect with every registered fingerprint of its task.
 
@@ -288,6 +295,7 @@ def identify(
         top: Keep only the ``top`` closest results; all if None.
         task: The suspect's task; inferred when the model states it.
         progress: Optional ``callback(step, total, loss)``, per extraction.
+        runtime: Device and precision of the extractions; the CPU in float32 if None.
 
     Returns:
         Results sorted by distance, closest first.
@@ -318,7 +326,7 @@ def identify(
     results: list[Verification] = []
     for members in groups.values():
         protocol = members[0][1].protocol
-        extraction = extract_critical_image(handle, protocol, progress)
+        extraction = extract_critical_image(handle, protocol, progress, runtime)
         features = feature_vector(extraction.critical_image, protocol.features)
         for entry, fingerprint in members:
             results.append(_compare(entry.name, fingerprint, handle, features, time.perf_counter() - start))

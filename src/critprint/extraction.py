@@ -13,20 +13,23 @@ Restoration Models", Quan et al., ICCV 2023).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
 from critprint.degradations import get_degradation, total_variation
-from critprint.errors import IncompatibleModelError
+from critprint.errors import IncompatibleModelError, InvalidInputError
 from critprint.models import ModelHandle
 from critprint.protocol import Protocol
 
-__all__ = ["ProgressCallback", "ExtractionResult", "extract_critical_image", "check_compatible"]
+__all__ = ["ProgressCallback", "Runtime", "ExtractionResult", "extract_critical_image", "check_compatible"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,72 @@ ProgressCallback = Callable[[int, int, float], None]
 # Steps between two progress reports; reading the loss synchronises with the
 # device, so it is not read at every step.
 _REPORT_EVERY = 10
+
+Autocast = Literal["none", "bfloat16", "float16"]
+"""Lower precision for the model's forward pass, or ``"none"`` for float32."""
+
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Device and precision settings of an extraction, none of them part of the protocol.
+
+    The defaults reproduce a fingerprint bit for bit on the same machine. The
+    other settings are for GPUs: they make the extraction faster and change
+    its floating-point rounding, so a fingerprint made with them matches one
+    made without them only within the decision's tolerance.
+
+    Attributes:
+        device: Torch device of the model and the image (``"cpu"``,
+            ``"cuda"``, ``"cuda:1"``). Random draws are made on the CPU and
+            copied, so every device receives the same draws.
+        autocast: Run the model's forward pass in ``"bfloat16"`` or
+            ``"float16"`` under ``torch.autocast``; the objective stays in
+            float32.
+        channels_last: Store the image and the model in channels-last
+            memory order, which suits GPU convolutions.
+        compile: Wrap the model in ``torch.compile``; the first steps pay for
+            the compilation.
+    """
+
+    device: str = "cpu"
+    autocast: Autocast = "none"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.autocast not in get_args(Autocast):
+            raise InvalidInputError(
+                f"invalid autocast {self.autocast!r}: expected one of {', '.join(get_args(Autocast))}"
+            )
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise InvalidInputError(f"invalid device {self.device!r}: expected cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidInputError(f"invalid device {self.device!r}: no CUDA GPU is available here; use --device cpu")
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The memory format of the image and the model's weights."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def prepare(self, handle: ModelHandle) -> ModelHandle:
+        """Return a handle whose module is on the device, in the memory format, and compiled if requested.
+
+        The handle's module is moved, not copied, as ``nn.Module.to`` does.
+        """
+        module = handle.module.to(device=self.device, memory_format=self.memory_format)
+        if self.compile:
+            module = torch.compile(module)
+        return dataclasses.replace(handle, module=module)
+
+    def forward_context(self) -> contextlib.AbstractContextManager[object]:
+        """Return the context the model's forward pass runs in."""
+        if self.autocast == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=_AUTOCAST_DTYPES[self.autocast])
 
 
 @dataclass(frozen=True)
@@ -95,20 +164,22 @@ def extract_critical_image(
     handle: ModelHandle,
     protocol: Protocol,
     progress: ProgressCallback | None = None,
+    runtime: Runtime | None = None,
 ) -> ExtractionResult:
     """Optimise the critical image of a model under a protocol.
 
     Every random draw (the initial image, then the degradation noise of each
     step) comes from one ``torch.Generator`` seeded with ``protocol.seed``, in
     a fixed order; fixed draws of a degradation (a rain layer, a motion angle)
-    come from generators derived from the same seed. So the same model and protocol give the same image bit for
-    bit on the same machine and thread count, and a suspect receives exactly the
-    source's draws.
+    come from generators derived from the same seed. So the same model and
+    protocol give the same image bit for bit on the same machine and thread
+    count, and a suspect receives exactly the source's draws.
 
     Args:
         handle: The model, from :func:`critprint.models.load_model`.
         protocol: All parameters; its task selects the degradation.
         progress: Optional callback, called every few steps and at the end.
+        runtime: Device and precision settings; the CPU in float32 if None.
 
     Returns:
         The critical image (C, H, W) in [0, 1], float32 on the CPU.
@@ -118,15 +189,20 @@ def extract_critical_image(
             output shape is wrong or not finite.
     """
     check_compatible(handle, protocol)
+    runtime = runtime or Runtime()
     protocol = protocol.resolved()
-    handle = handle.with_noise_map_level(protocol.noise_map_level)
+    model = runtime.prepare(handle.with_noise_map_level(protocol.noise_map_level))
     degradation = get_degradation(protocol.task)
     channels = handle.input_channels
     shape = (1, channels, protocol.size, protocol.size)
     noise_shape = degradation.noise_shape(shape, protocol)
+    device = torch.device(runtime.device)
 
+    # Draws are made on the CPU, whatever the device, so that every device
+    # receives the same values.
     generator = torch.Generator().manual_seed(protocol.seed)
-    image = (torch.randn(shape, generator=generator) * protocol.beta).requires_grad_(True)
+    initial = torch.randn(shape, generator=generator) * protocol.beta
+    image = initial.to(device=device, memory_format=runtime.memory_format).requires_grad_(True)
     optimiser = torch.optim.Adam([image], lr=protocol.learning_rate)
 
     start = time.perf_counter()
@@ -134,14 +210,15 @@ def extract_critical_image(
     for step in range(1, protocol.iterations + 1):
         noise = None
         if protocol.noise_sigma > 0:
-            noise = torch.randn(noise_shape, generator=generator) * protocol.noise_sigma
-        restored = handle(degradation.apply(image, protocol, noise))
+            noise = (torch.randn(noise_shape, generator=generator) * protocol.noise_sigma).to(device)
+        with runtime.forward_context():
+            restored = model(degradation.apply(image, protocol, noise))
         if step == 1 and restored.shape != image.shape:
             raise IncompatibleModelError(
                 f"model {handle.source} returned shape {tuple(restored.shape)} for a {protocol.task} input "
                 f"of shape {tuple(noise_shape)}, expected {tuple(image.shape)}"
             )
-        loss = (image - restored).pow(2).sum() - protocol.tv_weight * total_variation(image)
+        loss = (image - restored.float()).pow(2).sum() - protocol.tv_weight * total_variation(image)
         if protocol.objective == "maximise":
             loss = -loss
         optimiser.zero_grad(set_to_none=True)
@@ -160,6 +237,6 @@ def extract_critical_image(
             if progress is not None:
                 progress(step, protocol.iterations, loss_value)
     seconds = time.perf_counter() - start
-    critical = image.detach().clamp(0.0, 1.0)[0].to(torch.float32).contiguous()
+    critical = image.detach().clamp(0.0, 1.0)[0].to("cpu", torch.float32).contiguous()
     logger.info("extracted %s in %.1f s (%d steps, loss %.4g)", handle.source, seconds, protocol.iterations, loss_value)
     return ExtractionResult(critical_image=critical, loss=loss_value, seconds=seconds)

@@ -43,6 +43,7 @@ __all__ = [
     "FeatureSettings",
     "Protocol",
     "PRESETS",
+    "DEFAULT_PROTOCOL",
     "TASKS",
     "TASK_DEFAULTS",
     "get_protocol",
@@ -293,6 +294,9 @@ _QUICK = {"size": 64, "iterations": 500}
 
 PRESETS: dict[str, dict[str, Any]] = {"paper": _PAPER, "quick": _QUICK}
 """Named protocols, as the fields that differ from the :class:`Protocol` defaults."""
+
+DEFAULT_PROTOCOL = "quick"
+"""The preset ``register`` and the library use when none is named."""
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # The paper's denoising noise: sigma 1 on the [0, 1] scale.

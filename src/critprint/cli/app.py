@@ -31,6 +31,7 @@ from critprint.cli.output import (
 )
 from critprint.demo import DEMO_PRUNE_FRACTION, run_demo
 from critprint.errors import InvalidInputError, ModelLoadError
+from critprint.extraction import Runtime
 from critprint.fingerprint import load_fingerprint, save_fingerprint
 from critprint.images import write_png
 from critprint.models import (
@@ -121,6 +122,21 @@ TaskOption = Annotated[
         help=f"Restoration task: {_TASK_HELP}. Inferred when the model states it (scale > 1 means sr).",
     ),
 ]
+DeviceOption = Annotated[
+    str,
+    typer.Option("--device", metavar="DEVICE", help="Run the extraction on this torch device: cpu, cuda or cuda:N."),
+]
+AutocastOption = Annotated[
+    str,
+    typer.Option(
+        "--autocast",
+        metavar="DTYPE",
+        help=(
+            "Run the model in lower precision on a GPU: none, bfloat16 or float16. Faster; the critical image "
+            "then matches a float32 one within the decision's tolerance, not bit for bit."
+        ),
+    ),
+]
 ProtocolOption = Annotated[
     str, typer.Option("--protocol", metavar="NAME", help=f"Extraction protocol preset: {_PROTOCOL_HELP}.")
 ]
@@ -136,6 +152,11 @@ def _arch_arguments(arch: str | None, arch_kwargs: str | None) -> tuple[ArchSpec
     except InvalidInputError as error:
         usage_error(str(error))
     return spec, kwargs
+
+
+def _runtime(device: str, autocast: str) -> Runtime:
+    """Build the extraction's runtime from --device and --autocast."""
+    return Runtime(device=device, autocast=autocast)  # type: ignore[arg-type]  # checked in Runtime
 
 
 def _load(model: str, torchscript: bool, arch: tuple[ArchSpec | None, dict[str, Any] | None]) -> ModelHandle:
@@ -187,6 +208,8 @@ def register(
     torchscript: TorchScriptOption = False,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
+    device: DeviceOption = "cpu",
+    autocast: AutocastOption = "none",
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -201,6 +224,7 @@ def register(
     start = time.perf_counter()
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         _check_names(task, protocol)
+        runtime = _runtime(device, autocast)
         store = Registry(registry)
         handle = _load(model, torchscript, architecture)
         settings = api.resolve_protocol(handle, protocol, task, custom_degradation)
@@ -210,7 +234,9 @@ def register(
         }
         if overrides:
             settings = settings.replace(name="custom", **overrides)
-        entry = api.register(handle, name, store, protocol=settings, progress=progress.callback(f"register {name}"))
+        entry = api.register(
+            handle, name, store, protocol=settings, progress=progress.callback(f"register {name}"), runtime=runtime
+        )
     if json_output:
         print_json({**entry.to_dict(), "elapsed_seconds": time.perf_counter() - start})
         return
@@ -230,6 +256,8 @@ def verify(
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
     allow_custom: AllowCustomOption = False,
+    device: DeviceOption = "cpu",
+    autocast: AutocastOption = "none",
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -244,6 +272,7 @@ def verify(
         usage_error("pass exactly one of --against NAME or --fingerprint FILE")
     architecture = _arch_arguments(arch, arch_kwargs)
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
+        runtime = _runtime(device, autocast)
         if fingerprint is not None:
             source = load_fingerprint(fingerprint)
             source_name = source.name or fingerprint.stem
@@ -251,7 +280,9 @@ def verify(
             source_name = against or ""
             source = Registry(registry).load(source_name)
         handle = _load(suspect, torchscript, architecture)
-        result = api.verify(handle, source, source_name, progress.callback(f"verify {suspect}"), allow_custom)
+        result = api.verify(
+            handle, source, source_name, progress.callback(f"verify {suspect}"), allow_custom, runtime
+        )
     if json_output:
         print_json(result.to_dict())
         return
@@ -267,6 +298,8 @@ def identify(
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
     allow_custom: AllowCustomOption = False,
+    device: DeviceOption = "cpu",
+    autocast: AutocastOption = "none",
     registry: RegistryOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -284,6 +317,7 @@ def identify(
             task=task,
             progress=progress.callback(f"identify {suspect}"),
             allow_custom=allow_custom,
+            runtime=_runtime(device, autocast),
         )
     if json_output:
         print_json([result.to_dict() for result in results])
