@@ -86,6 +86,25 @@ def test_plan_rejects_unknown_names() -> None:
         assert len({task.sources, task.hard_negatives}) == 2
 
 
+def test_plan_changes_are_checked() -> None:
+    plan = get_plan("quick", ("denoise",), methods=("critprint",), iterations=50)
+    assert plan.methods == ("critprint",)
+    assert count_jobs(plan) == 2 * 3 + (3 + 6) + 1
+    with pytest.raises(InvalidInputError, match="invalid method 'best'"):
+        get_plan("quick", methods=("best",))
+    with pytest.raises(InvalidInputError, match="invalid iterations 0"):
+        get_plan("quick", iterations=0)
+
+
+def test_plan_iterations_reach_the_protocol(tmp_path: Path) -> None:
+    from critprint.evaluation.runner import _TaskRunner
+
+    plan = get_plan("quick", ("denoise",), iterations=37)
+    runner = _TaskRunner(plan, plan.tasks[0], tmp_path)
+    assert runner.base_protocol.iterations == 37
+    assert runner.base_protocol.size == 64
+
+
 def test_full_plan_other_task_attacks() -> None:
     plan = get_plan("full", ("deblur",))
     (task,) = plan.tasks

@@ -632,6 +632,16 @@ def bench(
     tasks: Annotated[
         Optional[list[str]], typer.Option("--task", metavar="TASK", help="Run only this task; repeat for several.")
     ] = None,
+    protocol: Annotated[
+        Optional[str], typer.Option("--protocol", metavar="NAME", help=f"Protocol preset: {_PROTOCOL_HELP}. Default: the plan's.")
+    ] = None,
+    iterations: Annotated[
+        Optional[int], typer.Option("--iterations", min=1, help="Override the protocol's number of Adam steps.")
+    ] = None,
+    methods: Annotated[
+        Optional[list[str]],
+        typer.Option("--method", metavar="METHOD", help="Run only this method; repeat for several. Default: all."),
+    ] = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
@@ -646,7 +656,13 @@ def bench(
 
     _configure_logging(debug)
     with fail_on_errors(debug), JobProgress(quiet, "bench") as progress:
-        plan = get_plan("quick" if quick else "full", tuple(tasks) if tasks else None)
+        _check_names(protocol=protocol)
+        changes: dict[str, Any] = {"iterations": iterations}
+        if protocol is not None:
+            changes["protocol"] = protocol
+        if methods:
+            changes["methods"] = tuple(methods)
+        plan = get_plan("quick" if quick else "full", tuple(tasks) if tasks else None, **changes)
         summary = run_bench(plan, out, progress.update)
     if json_output:
         print_json(summary)

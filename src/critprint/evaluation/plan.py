@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from critprint import zoo
 from critprint.checks import check_choice
+from critprint.errors import InvalidInputError
 
 __all__ = ["METHODS", "ATTACK_NAMES", "OTHER_TASK_ATTACKS", "TaskPlan", "BenchPlan", "get_plan", "PLANS"]
 
@@ -85,6 +86,8 @@ class BenchPlan:
         ipguard_size: Largest side of an IPGuard point; the model's input
             side under the protocol when that is smaller.
         fpr: False-positive rate at which the true-positive rate is reported.
+        iterations: Adam steps of every extraction, or None for the
+            preset's own.
     """
 
     name: str
@@ -98,8 +101,13 @@ class BenchPlan:
     ipguard_iterations: int = 100
     ipguard_size: int = 32
     fpr: float = 0.01
+    iterations: int | None = None
 
     def __post_init__(self) -> None:
+        if self.iterations is not None and self.iterations < 1:
+            raise InvalidInputError(f"invalid iterations {self.iterations!r}: expected an integer >= 1")
+        for method in self.methods:
+            check_choice("method", method, METHODS)
         for task in self.tasks:
             for attack in self.attacks_for(task):
                 check_choice("attack", attack, ATTACK_NAMES)
@@ -166,11 +174,17 @@ def _quick() -> BenchPlan:
 PLANS: Final[dict[str, Any]] = {"quick": _quick, "full": _full}
 
 
-def get_plan(name: str, tasks: tuple[str, ...] | None = None) -> BenchPlan:
+def get_plan(name: str, tasks: tuple[str, ...] | None = None, **changes: Any) -> BenchPlan:
     """Return the named plan, optionally restricted to some tasks.
 
+    Args:
+        name: ``quick`` or ``full``.
+        tasks: Task names to keep; all when None or empty.
+        changes: Further fields of :class:`BenchPlan` to set, such as
+            ``protocol``, ``iterations`` or ``methods``.
+
     Raises:
-        InvalidInputError: If the plan or a task name is unknown.
+        InvalidInputError: If the plan, a task, a method or a change is invalid.
     """
     check_choice("bench plan", name, PLANS)
     plan: BenchPlan = PLANS[name]()
@@ -179,4 +193,4 @@ def get_plan(name: str, tasks: tuple[str, ...] | None = None) -> BenchPlan:
         for task in tasks:
             check_choice("task", task, known)
         plan = replace(plan, tasks=tuple(t for t in plan.tasks if t.task in tasks))
-    return plan
+    return replace(plan, **changes) if changes else plan

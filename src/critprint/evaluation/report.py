@@ -169,8 +169,9 @@ def _matrix_lines(run: TaskRun, method: str, models: Sequence[str]) -> list[str]
 def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str, Any]) -> str:
     """Render the benchmark report as Markdown."""
     lines = [f"# critprint benchmark ({plan.name} plan)", ""]
+    iterations = "" if plan.iterations is None else f" with {plan.iterations} iterations"
     lines += [
-        f"Protocol preset `{plan.protocol}`; attacks: {', '.join(plan.all_attacks)}; fine-tuning "
+        f"Protocol preset `{plan.protocol}`{iterations}; attacks: {', '.join(plan.all_attacks)}; fine-tuning "
         f"{plan.finetune_steps} steps, distillation {plan.distill_steps} steps; IPGuard "
         f"{plan.ipguard_points} points, {plan.ipguard_iterations} search steps.",
         "Ratios are d / eta for the critical-image methods and (1 - match rate) / (1 - threshold) "

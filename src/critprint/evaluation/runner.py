@@ -110,7 +110,8 @@ class _TaskRunner:
         self.plan = plan
         self.task = task
         self.folder = out_dir / task.task
-        self.base_protocol = get_protocol(plan.protocol, task.task, scale=task.scale)  # type: ignore[arg-type]
+        changes = {} if plan.iterations is None else {"iterations": plan.iterations}
+        self.base_protocol = get_protocol(plan.protocol, task.task, scale=task.scale, **changes)  # type: ignore[arg-type]
         self.restoration = RestorationTask(
             task=task.task,
             scale=task.scale,
