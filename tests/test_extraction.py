@@ -54,6 +54,13 @@ def test_progress_reports_steps(model_dir: Path, fast_denoise: Protocol) -> None
     assert calls == [(10, 25), (20, 25), (25, 25)]
 
 
+def test_cosine_schedule_changes_result(model_dir: Path, fast_denoise: Protocol) -> None:
+    handle = load_model(model_dir / "denoiser_a.safetensors")
+    constant = extract_critical_image(handle, fast_denoise)
+    cosine = extract_critical_image(handle, fast_denoise.replace(schedule="cosine"))
+    assert not torch.equal(constant.critical_image, cosine.critical_image)
+
+
 def test_constraint_changes_result(model_dir: Path, fast_denoise: Protocol) -> None:
     handle = load_model(model_dir / "denoiser_a.safetensors")
     clamped = extract_critical_image(handle, fast_denoise.replace(constraint="clamp"))

@@ -33,6 +33,22 @@ def test_unknown_preset_lists_choices() -> None:
         get_protocol("fast", "denoise")
 
 
+def test_record_without_schedule_loads_constant() -> None:
+    data = get_protocol("paper", "denoise").to_dict()
+    del data["schedule"]
+    protocol = Protocol.from_dict(data)
+    assert protocol.schedule == "constant"
+    assert protocol.learning_rate_at(4999) == protocol.learning_rate
+
+
+def test_cosine_schedule_decays_to_near_zero() -> None:
+    protocol = get_protocol("quick", "denoise").replace(schedule="cosine", iterations=100)
+    rates = [protocol.learning_rate_at(step) for step in range(1, 101)]
+    assert rates[0] == protocol.learning_rate
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:]))
+    assert rates[-1] < 1e-4
+
+
 def test_unknown_key_rejected() -> None:
     data = get_protocol("quick", "denoise").to_dict()
     data["colour"] = 3
@@ -50,6 +66,7 @@ def test_unknown_key_rejected() -> None:
         ({"scale": 2}, "invalid scale 2 for task 'denoise'"),
         ({"constraint": "box"}, "invalid constraint 'box'"),
         ({"alpha": 1.5}, "invalid alpha"),
+        ({"schedule": "linear"}, "invalid schedule 'linear'"),
     ],
 )
 def test_invalid_fields_rejected(changes: dict[str, object], message: str) -> None:

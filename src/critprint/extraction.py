@@ -29,12 +29,19 @@ from critprint.errors import IncompatibleModelError, InvalidInputError
 from critprint.models import ModelHandle
 from critprint.protocol import Protocol
 
-__all__ = ["ProgressCallback", "Runtime", "ExtractionResult", "extract_critical_image", "check_compatible"]
+__all__ = ["ProgressCallback", "Observer", "Runtime", "ExtractionResult", "extract_critical_image", "check_compatible"]
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, float], None]
 """Called as ``callback(step, total, loss)`` during an extraction."""
+
+Observer = Callable[[int, torch.Tensor], None]
+"""Called as ``observer(step, image)`` at every progress step, for studies of the optimisation.
+
+``image`` is the current (1, C, H, W) image on the extraction's device,
+detached; the observer must copy what it keeps.
+"""
 
 # Steps between two progress reports; reading the loss synchronises with the
 # device, so it is not read at every step.
@@ -165,6 +172,7 @@ def extract_critical_image(
     protocol: Protocol,
     progress: ProgressCallback | None = None,
     runtime: Runtime | None = None,
+    observer: Observer | None = None,
 ) -> ExtractionResult:
     """Optimise the critical image of a model under a protocol.
 
@@ -180,6 +188,7 @@ def extract_critical_image(
         protocol: All parameters; its task selects the degradation.
         progress: Optional callback, called every few steps and at the end.
         runtime: Device and precision settings; the CPU in float32 if None.
+        observer: Optional callback that sees the image every few steps.
 
     Returns:
         The critical image (C, H, W) in [0, 1], float32 on the CPU.
@@ -208,6 +217,8 @@ def extract_critical_image(
     start = time.perf_counter()
     loss_value = math.nan
     for step in range(1, protocol.iterations + 1):
+        if protocol.schedule != "constant":
+            optimiser.param_groups[0]["lr"] = protocol.learning_rate_at(step)
         noise = None
         if protocol.noise_sigma > 0:
             noise = (torch.randn(noise_shape, generator=generator) * protocol.noise_sigma).to(device)
@@ -236,6 +247,8 @@ def extract_critical_image(
                 )
             if progress is not None:
                 progress(step, protocol.iterations, loss_value)
+            if observer is not None:
+                observer(step, image.detach())
     seconds = time.perf_counter() - start
     critical = image.detach().clamp(0.0, 1.0)[0].to("cpu", torch.float32).contiguous()
     logger.info("extracted %s in %.1f s (%d steps, loss %.4g)", handle.source, seconds, protocol.iterations, loss_value)

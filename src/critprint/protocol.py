@@ -39,6 +39,7 @@ __all__ = [
     "Task",
     "Constraint",
     "Objective",
+    "Schedule",
     "BlurKernel",
     "FeatureSettings",
     "Protocol",
@@ -74,6 +75,15 @@ unconstrained, as the authors' published script does, and clamps only for
 features and pictures. On the bundled DnCNN, ``none`` put its 10 %-pruned copy
 at d / eta = 4.6 (judged independent) while ``clamp`` put it at 0.01; see
 docs/method.md.
+"""
+
+Schedule = Literal["constant", "cosine"]
+"""Rule for the Adam learning rate over the iterations.
+
+``constant`` keeps it, as the paper does. ``cosine`` decays it from
+``learning_rate`` towards 0 along half a cosine period over the iterations,
+so the image settles by the last step instead of oscillating around its
+optimum.
 """
 
 Objective = Literal["minimise", "maximise"]
@@ -119,7 +129,7 @@ class Protocol:
         size: Side of the square critical image in pixels (the high-resolution
             side for super-resolution).
         iterations: Number of Adam steps.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate (the starting one under a schedule).
         beta: Standard deviation of the initial image S0 ~ N(0, beta^2).
         tv_weight: Weight lambda of the total-variation term.
         noise_sigma: Standard deviation of the Gaussian noise the degradation
@@ -133,6 +143,7 @@ class Protocol:
             ``"maximise"`` it (the MaxObj ablation of the paper, which yields
             a smooth image the model restores badly).
         features: Histogram settings.
+        schedule: Rule for the learning rate over the iterations.
         alpha: Significance level of the chi-squared decision.
         sigma_h: Assumed standard deviation of the per-bin feature error.
         blur_kernel: ``deblur``: ``"gaussian"`` or ``"motion"``.
@@ -190,11 +201,13 @@ class Protocol:
     jpeg_quality: int = 10
     custom_degradation: str = ""
     noise_map_level: float | None = None
+    schedule: Schedule = "constant"
 
     def __post_init__(self) -> None:
         check_choice("task", self.task, TASKS)
         check_choice("constraint", self.constraint, get_args(Constraint))
         check_choice("objective", self.objective, get_args(Objective))
+        check_choice("schedule", self.schedule, get_args(Schedule))
         if self.size < 8:
             raise InvalidInputError(f"invalid size {self.size!r}: expected an integer >= 8")
         if self.iterations < 1:
@@ -264,6 +277,18 @@ class Protocol:
         if self.task == "deblur" and self.blur_kernel == "motion" and self.motion_angle is None:
             return self.replace(motion_angle=draw_motion_angle(self.seed))
         return self
+
+    def learning_rate_at(self, step: int) -> float:
+        """Return the learning rate of Adam step ``step``, counted from 1.
+
+        Example:
+            >>> cosine = Protocol(name="x", task="denoise", size=8, iterations=3, schedule="cosine")
+            >>> [round(cosine.learning_rate_at(step), 3) for step in (1, 2, 3)]
+            [0.1, 0.075, 0.025]
+        """
+        if self.schedule == "constant":
+            return self.learning_rate
+        return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / self.iterations))
 
     def replace(self, **changes: Any) -> Protocol:
         """Return a copy with the given fields changed and checked again."""
