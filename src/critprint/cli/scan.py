@@ -22,7 +22,9 @@ from critprint.cli.app import (
     app,
 )
 from critprint.cli.output import fail_on_errors, print_json, stderr, stdout, usage_error
+from critprint.errors import InvalidInputError
 from critprint.protocol import PRESETS
+from critprint.registry import Registry
 from critprint.scan import EXECUTORS, ScanCounts, ScanJob, ScanResult, collect_items, make_executor, run_scan
 
 __all__ = ["scan", "ScanProgress"]
@@ -149,8 +151,16 @@ def scan(
         items = collect_items(sources)
         if task is not None:
             items = [item if item.task else replace(item, task=task) for item in items]
+        # Resolved here, from the options and the environment, so that workers
+        # on other machines get the same registry.
+        store = Registry(registry, files=files)
+        if mode == "identify" and not store.entries():
+            raise InvalidInputError(
+                f"registry {store.location} holds no fingerprint to identify models against; "
+                "register the owners' models first (critprint scan --register or critprint register)"
+            )
         job = ScanJob(
-            mode=mode, registry=str(registry) if registry is not None else None, files=files, protocol=protocol,
+            mode=mode, registry=store.database_url or str(store.root), files=store.files_location, protocol=protocol,
             size=size, iterations=iterations, seed=seed, top=top, allow_custom=allow_custom,
             torchscript=torchscript, threads=cpus_per_model, show_warnings=debug,
         )
