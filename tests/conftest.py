@@ -77,9 +77,9 @@ def postgres_server() -> Iterator[str]:
     that need it are skipped, unless ``$CRITPRINT_REQUIRE_POSTGRES=1`` (set by
     .ci/run) makes that a failure.
     """
-    given = os.environ.get("CRITPRINT_TEST_POSTGRES_URL")
-    if given:
-        yield given.rstrip("/")
+    existing = os.environ.get("CRITPRINT_TEST_POSTGRES_URL")
+    if existing:
+        yield existing.rstrip("/")
         return
     try:
         with pgserver.throwaway_server() as url:

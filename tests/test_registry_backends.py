@@ -179,7 +179,7 @@ def _register_many(location: str, files: str, writer: int, count: int) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 def test_concurrent_writers_keep_every_record(backend: tuple[str, str, str], make_registry: MakeRegistry) -> None:
     _, location, files = backend
-    writers, count = 4, 5
+    writers, count = 3, 4
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_register_many, args=(location, files, writer, count))
                  for writer in range(writers)]

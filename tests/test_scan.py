@@ -51,7 +51,7 @@ def local_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_ray_scan_of_bundled_attacked_and_corrupt_models_agrees_with_verify(tmp_path: Path, local_ray: None) -> None:
+def test_ray_scan_matches_verify(tmp_path: Path, local_ray: None) -> None:
     registry = tmp_path / "registry"
     models = tmp_path / "models"
     models.mkdir()
@@ -170,7 +170,8 @@ def test_scan_with_a_postgresql_registry(tmp_path: Path, model_dir: Path, postgr
 ])
 def test_usage_errors(tmp_path: Path, model_dir: Path, args: list[str], code: int, message: str) -> None:
     result = run("scan", model_dir / "denoiser_a.pth", *args, "--out", tmp_path / "out.jsonl", "--registry", tmp_path)
-    assert (result[0], message in result[2]) == (code, True), result[2]
+    assert result[0] == code, result[2]
+    assert message in result[2]
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -186,7 +187,7 @@ def test_identify_against_an_empty_registry_rejected(tmp_path: Path, model_dir: 
     code, _, stderr = run("scan", model_dir / "denoiser_a.pth", "--identify", "--out", tmp_path / "out.jsonl",
                           "--registry", tmp_path / "empty")
     assert code == 1
-    assert f"registry {tmp_path / 'empty'} holds no fingerprint to identify models against" in stderr
+    assert f"registry {tmp_path / 'empty'} contains no fingerprint to identify models against" in stderr
 
 
 def test_database_registry_without_files_rejected(tmp_path: Path, model_dir: Path) -> None:

@@ -162,7 +162,7 @@ def test_malformed_line_before_the_last_rejected(tmp_path: Path) -> None:
 def test_other_mode_rejected_on_resume(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_text(json.dumps(result("a", mode="register").to_dict()) + "\n")
-    with pytest.raises(InvalidInputError, match="holds register results, not identify; rerun with --register"):
+    with pytest.raises(InvalidInputError, match="contains register results, not identify; rerun with --register"):
         ResultsFile(out, "identify", resume=True)
 
 
@@ -207,7 +207,7 @@ def test_identify_lists_matches_and_derived_sources(tmp_path: Path, model_dir: P
                      ScanItem("other", str(model_dir / "denoiser_b.safetensors"), "denoise"))
     assert same.derived_from == ["alpha"]
     assert same.matches is not None and same.matches[0]["distance"] == 0.0
-    # Two random tiny denoisers are not reliably told apart at 24 px and 20
+    # Two random tiny denoisers are not reliably distinguished at 24 px and 20
     # steps; what matters here is that the line reports the verdicts it got.
     assert other.matches is not None and other.matches[0]["distance"] > 0.0
     assert other.derived_from == [match["source"] for match in other.matches if match["verdict"] == "derived"]

@@ -21,7 +21,7 @@ SERVER_USER = "critprint"
 
 
 class ServerUnavailable(RuntimeError):
-    """No PostgreSQL server can be started here; the message says why."""
+    """No PostgreSQL server can be started here; the message gives the reason."""
 
 
 def _binary(name: str) -> str:

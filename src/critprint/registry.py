@@ -193,7 +193,7 @@ Row = tuple[Any, ...]
 
 
 class Database(Protocol):
-    """Where a registry keeps its rows: the ``fingerprints`` table of the schema.
+    """The storage of a registry's rows: the ``fingerprints`` table of the schema.
 
     Every method opens what it needs, migrates an older schema, and raises
     :class:`RegistryError` with a one-line message on a failure.
@@ -218,7 +218,7 @@ class Database(Protocol):
 
 
 class FileStore(Protocol):
-    """Where a registry keeps its fingerprint files, by file name."""
+    """The storage of a registry's fingerprint files, addressed by file name."""
 
     location: str
 

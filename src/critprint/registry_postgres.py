@@ -2,7 +2,7 @@
 
 The table is the SQLite registry's, created by the same statements
 (:data:`critprint.registry.MIGRATIONS`). PostgreSQL has no ``user_version``,
-so the schema version lives in a one-row table ``critprint_schema``; a
+so the schema version is the one row of the table ``critprint_schema``. A
 migration runs in one transaction under an advisory lock, so two workers that
 open a new database at once migrate it once.
 
@@ -132,7 +132,7 @@ class PostgresDatabase:
         self._migrated = True
 
     def prepare_write(self) -> None:
-        """Create or migrate the schema, and check that the server answers."""
+        """Create or migrate the schema, and check that the server responds."""
         self._run(lambda connection: None)
 
     def insert(self, name: str, row: Row) -> None:

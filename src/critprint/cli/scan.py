@@ -156,7 +156,7 @@ def scan(
         store = Registry(registry, files=files)
         if mode == "identify" and not store.entries():
             raise InvalidInputError(
-                f"registry {store.location} holds no fingerprint to identify models against; "
+                f"registry {store.location} contains no fingerprint to identify models against; "
                 "register the owners' models first (critprint scan --register or critprint register)"
             )
         job = ScanJob(

@@ -1,4 +1,4 @@
-"""Where a scan's models run: a process pool on this machine, or Ray tasks on a cluster.
+"""Executors of a scan: a process pool on this machine, or Ray tasks on a cluster.
 
 An executor takes the scan's job and its items and yields one
 :class:`ScanResult` per item, in the order they finish.

@@ -90,7 +90,7 @@ class ResultsFile:
             file is an error, so a scan never mixes into another's results.
 
     Raises:
-        InvalidInputError: If the file exists without ``resume``, holds
+        InvalidInputError: If the file exists without ``resume``, contains
             another mode's results, has a malformed line before the last,
             or another scan is writing it.
     """
@@ -145,7 +145,7 @@ class ResultsFile:
                 ) from None
             if result.mode != self.mode:
                 raise InvalidInputError(
-                    f"results file {self.path} holds {result.mode} results, not {self.mode}; "
+                    f"results file {self.path} contains {result.mode} results, not {self.mode}; "
                     f"rerun with --{result.mode} or choose another --out"
                 )
             self.results[result.name] = result

@@ -98,7 +98,7 @@ def run_scan(
     once. A broken model gives an error line and the scan goes on.
 
     Raises:
-        InvalidInputError: If ``out`` exists without ``resume``, or holds
+        InvalidInputError: If ``out`` exists without ``resume``, or contains
             another mode's results.
         ScanError: If the executor cannot start or loses its workers; the
             lines written so far stay.
@@ -108,7 +108,7 @@ def run_scan(
         names = {item.name for item in items}
         stale = sorted(set(results.results) - names)
         if stale:
-            logger.warning("%s holds %d results of models not in this scan, for example %s", out, len(stale), stale[0])
+            logger.warning("%s contains %d results of models not in this scan, for example %s", out, len(stale), stale[0])
         todo = [item for item in items if item.name not in results.results]
         counts = ScanCounts(total=len(items), resumed=len(items) - len(todo))
         logger.info("scan of %d models: %d done before, %d to run", len(items), counts.resumed, len(todo))

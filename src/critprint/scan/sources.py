@@ -5,10 +5,10 @@ A manifest is a JSON-lines file (``.jsonl``), one model per line::
     {"path": "uploads/a.safetensors", "name": "upload-a", "task": "denoise"}
     {"path": "uploads/b.onnx", "options": {"protocol": "paper"}}
 
-``path`` is required (relative paths are read from the manifest's folder, and
-``zoo:NAME`` names a bundled model); ``name`` defaults to the file's stem,
-``task`` to the one inferred from the model, and ``options`` may set the keys
-of :data:`ITEM_OPTIONS`.
+``path`` is required. A relative path is read from the manifest's folder, and
+``zoo:NAME`` names a bundled model. ``name`` defaults to the file's stem and
+``task`` to the one inferred from the model. ``options`` may set the keys of
+:data:`ITEM_OPTIONS`.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def collect_items(sources: list[str]) -> list[ScanItem]:
         if path.is_dir():
             found = _folder_items(path)
             if not found:
-                logger.warning("folder %s holds no model file (%s)", path, ", ".join(MODEL_SUFFIXES))
+                logger.warning("folder %s contains no model file (%s)", path, ", ".join(MODEL_SUFFIXES))
             items.extend(found)
         elif path.suffix.lower() == ".jsonl":
             items.extend(read_manifest(path))

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScanJob:
-    """What a scan does to each model, shared by all of them.
+    """The settings a scan applies to each of its models.
 
     Attributes:
         mode: ``register`` each model, or ``identify`` it among the registry's
