@@ -258,3 +258,32 @@ def test_local_pool_runs_every_item_once(tmp_path: Path, model_dir: Path) -> Non
 def test_make_executor_rejects_bad_values(name: str, workers: int, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         make_executor(name, workers)
+
+
+def test_worker_registry_reads_each_file_once(tmp_path: Path, model_dir: Path) -> None:
+    from critprint import api
+    from critprint.scan.worker import CachingRegistry
+
+    location = str(tmp_path / "registry")
+    run_item(ScanJob("register", registry=location, **FAST),
+             ScanItem("alpha", str(model_dir / "denoiser_a.safetensors"), "denoise"))
+    cached = CachingRegistry(location)
+    reads: list[str] = []
+    original = cached._store.read
+
+    def counting_read(file_name: str) -> bytes:
+        reads.append(file_name)
+        return original(file_name)
+
+    cached._store.read = counting_read  # type: ignore[method-assign]
+    api.identify(str(model_dir / "denoiser_a.pth"), cached, task="denoise")
+    api.identify(str(model_dir / "denoiser_b.safetensors"), cached, task="denoise")
+    assert len(reads) == 1
+
+    # Registered again under the same name: a new file hash, so the new file is read.
+    Registry(location).remove("alpha")
+    run_item(ScanJob("register", registry=location, **FAST),
+             ScanItem("alpha", str(model_dir / "denoiser_b.safetensors"), "denoise"))
+    (again,) = api.identify(str(model_dir / "denoiser_b.safetensors"), cached, task="denoise")
+    assert len(reads) == 2
+    assert again.distance == 0.0

@@ -560,15 +560,22 @@ class Registry:
             NameNotFoundError: If no such fingerprint is registered.
             RegistryError: If its file is missing or was altered.
         """
-        entry = self.get(name)
+        return self.load_entry(self.get(name))
+
+    def load_entry(self, entry: RegistryEntry) -> Fingerprint:
+        """Read the fingerprint of an entry already fetched, checking its file's SHA-256.
+
+        Raises:
+            RegistryError: If its file is missing or was altered.
+        """
         status, data = self._read_file(entry)
         if status == "missing":
             raise RegistryError(
-                f"fingerprint file of {name!r} is missing: {entry.path}; remove and register it again"
+                f"fingerprint file of {entry.name!r} is missing: {entry.path}; remove and register it again"
             )
         if status == "altered":
             raise RegistryError(
-                f"fingerprint file of {name!r} was altered since registration (SHA-256 mismatch): {entry.path}"
+                f"fingerprint file of {entry.name!r} was altered since registration (SHA-256 mismatch): {entry.path}"
             )
         return fingerprint_from_bytes(data, str(entry.path))
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from critprint.errors import CritprintError
+from critprint.fingerprint import Fingerprint
+from critprint.registry import Registry, RegistryEntry
 from critprint.scan.results import ScanMode, ScanResult, worker_label
 from critprint.scan.sources import ScanItem
 
-__all__ = ["ScanJob", "run_item", "set_threads"]
+__all__ = ["CachingRegistry", "ScanJob", "run_item", "set_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,45 @@ class ScanJob:
     torchscript: bool = False
     threads: int = 1
     show_warnings: bool = False
+
+
+class CachingRegistry(Registry):
+    """A registry that a worker reuses across models, reading each fingerprint file once.
+
+    ``identify`` lists the entries of a task, then loads each. Here a load
+    takes the entry from that listing, without another query, and a
+    fingerprint already read and checked is reused while its row records the
+    same file hash. A fingerprint registered again under its name has a new
+    hash, so it is read again.
+    """
+
+    def __init__(self, root: str | None = None, files: str | None = None) -> None:
+        super().__init__(root, files=files)
+        self._listed: dict[str, RegistryEntry] = {}
+        self._read: dict[tuple[str, str], Fingerprint] = {}
+
+    def entries(self, task: str | None = None) -> list[RegistryEntry]:
+        listed = super().entries(task)
+        self._listed.update((entry.name, entry) for entry in listed)
+        return listed
+
+    def load(self, name: str) -> Fingerprint:
+        entry = self._listed.get(name) or self.get(name)
+        key = (entry.name, entry.file_sha256)
+        if key not in self._read:
+            self._read[key] = self.load_entry(entry)
+        return self._read[key]
+
+
+# One registry per location in each worker process, so its cache lasts across models.
+_REGISTRIES: dict[tuple[str | None, str | None], CachingRegistry] = {}
+
+
+def _registry(job: ScanJob) -> CachingRegistry:
+    key = (job.registry, job.files)
+    if key not in _REGISTRIES:
+        _REGISTRIES[key] = CachingRegistry(job.registry, files=job.files)
+    return _REGISTRIES[key]
 
 
 def set_threads(threads: int) -> None:
@@ -114,13 +155,12 @@ def run_item(job: ScanJob, item: ScanItem) -> ScanResult:
     start = time.perf_counter()
     try:
         from critprint.models import load_model
-        from critprint.registry import Registry
 
         set_threads(job.threads)
         if not job.show_warnings:
             warnings.simplefilter("ignore")
         options = item.options
-        registry = Registry(job.registry, files=job.files)
+        registry = _registry(job)
         handle = load_model(
             item.path,
             allow_torchscript=bool(options.get("torchscript", job.torchscript)),
