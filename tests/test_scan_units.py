@@ -287,3 +287,14 @@ def test_worker_registry_reads_each_file_once(tmp_path: Path, model_dir: Path) -
     (again,) = api.identify(str(model_dir / "denoiser_b.safetensors"), cached, task="denoise")
     assert len(reads) == 2
     assert again.distance == 0.0
+
+
+def test_ray_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from critprint.scan import ScanError
+    from critprint.scan.executors import RayExecutor
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ScanError, match=r"--executor ray needs Ray; run `pip install 'critprint\[ray\]'`"):
+        list(RayExecutor().run(ScanJob("identify"), [ScanItem("a", "a.pth")]))

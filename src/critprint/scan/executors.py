@@ -151,9 +151,9 @@ class RayExecutor:
     def run(self, job: ScanJob, items: list[ScanItem]) -> Iterator[ScanResult]:
         if not items:
             return
+        started = self._start(job.threads)
         import ray
 
-        started = self._start(job.threads)
         try:
             task = ray.remote(num_cpus=self.cpus_per_model, max_retries=self.max_retries)(run_item)
             pending: dict[Any, ScanItem] = {task.remote(job, item): item for item in items}
