@@ -62,6 +62,15 @@ def test_folder_lists_model_files_recursively_sorted(tmp_path: Path) -> None:
     ]
 
 
+def test_relative_sources_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "a.pth").write_bytes(b"x")
+    (tmp_path / "b.pth").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    items = collect_items(["models", "b.pth"])
+    assert [item.path for item in items] == [str(tmp_path / "models" / "a.pth"), str(tmp_path / "b.pth")]
+
+
 def test_manifest_paths_names_tasks_options(tmp_path: Path) -> None:
     manifest = tmp_path / "list.jsonl"
     manifest.write_text(

@@ -159,8 +159,12 @@ def scan(
                 f"registry {store.location} contains no fingerprint to identify models against; "
                 "register the owners' models first (critprint scan --register or critprint register)"
             )
+        files_location = store.files_location
+        if "://" not in files_location:
+            files_location = str(Path(files_location).absolute())
         job = ScanJob(
-            mode=mode, registry=store.database_url or str(store.root), files=store.files_location, protocol=protocol,
+            mode=mode, registry=store.database_url or str(Path(store.location).absolute()), files=files_location,
+            protocol=protocol,
             size=size, iterations=iterations, seed=seed, top=top, allow_custom=allow_custom,
             torchscript=torchscript, threads=cpus_per_model, show_warnings=debug,
         )

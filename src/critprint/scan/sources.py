@@ -122,8 +122,8 @@ def read_manifest(path: Path) -> list[ScanItem]:
                 f"{where}: unknown key {sorted(unknown)[0]!r}; valid keys are path, name, task, options"
             )
         model = record["path"]
-        if not model.startswith("zoo:") and not Path(model).is_absolute():
-            model = str(path.parent / model)
+        if not model.startswith("zoo:"):
+            model = str((path.parent / model).absolute())
         name = record.get("name", default_name(model))
         if not isinstance(name, str):
             raise InvalidInputError(f"{where}: name must be a string, got {name!r}")
@@ -142,7 +142,7 @@ def _folder_items(folder: Path) -> list[ScanItem]:
     items = []
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
-            items.append(ScanItem(default_name(str(path)), str(path)))
+            items.append(ScanItem(default_name(str(path)), str(path.absolute())))
         elif path.is_file():
             logger.debug("skipping %s: not a model file (%s)", path, ", ".join(MODEL_SUFFIXES))
     return items
@@ -153,7 +153,8 @@ def collect_items(sources: list[str]) -> list[ScanItem]:
 
     Args:
         sources: Model files, ``zoo:NAME``, folders (searched recursively for
-            :data:`MODEL_SUFFIXES`) and ``.jsonl`` manifests.
+            :data:`MODEL_SUFFIXES`) and ``.jsonl`` manifests. Paths become
+            absolute, so workers started elsewhere (Ray) find the same files.
 
     Raises:
         InvalidInputError: If a source does not exist, a manifest is
@@ -173,7 +174,7 @@ def collect_items(sources: list[str]) -> list[ScanItem]:
         elif path.suffix.lower() == ".jsonl":
             items.extend(read_manifest(path))
         elif path.exists():
-            items.append(ScanItem(default_name(source), str(path)))
+            items.append(ScanItem(default_name(source), str(path.absolute())))
         else:
             raise InvalidInputError(f"scan source {source!r} does not exist; pass model files, folders or a .jsonl manifest")
     if not items:
