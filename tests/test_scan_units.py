@@ -217,7 +217,7 @@ def test_identify_lists_matches_and_derived_sources(tmp_path: Path, model_dir: P
     assert same.derived_from == ["alpha"]
     assert same.matches is not None and same.matches[0]["distance"] == 0.0
     # Two random tiny denoisers are not reliably distinguished at 24 px and 20
-    # steps; what matters here is that the line reports the verdicts it got.
+    # steps. The test checks that the line reports the verdicts it got.
     assert other.matches is not None and other.matches[0]["distance"] > 0.0
     assert other.derived_from == [match["source"] for match in other.matches if match["verdict"] == "derived"]
 

@@ -1,4 +1,4 @@
-"""What a scan works on: model files, folders of them, and manifests.
+"""Sources of a scan: model files, folders of them, and manifests.
 
 A manifest is a JSON-lines file (``.jsonl``), one model per line::
 
