@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.DnCNN import DnCNN
 
+import throwaway_postgres as pgserver
 from critprint.models import save_state_dict
 from critprint.protocol import Protocol
 
@@ -54,3 +57,40 @@ def fast_denoise() -> Protocol:
 def fast_sr() -> Protocol:
     """An x4 super-resolution protocol for unit tests (32 px, 20 steps)."""
     return Protocol(name="test", task="sr", size=32, iterations=20, scale=4, noise_sigma=0.0)
+
+
+@pytest.fixture(autouse=True)
+def no_registry_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignore a developer's own $CRITPRINT_REGISTRY and $CRITPRINT_FILES, which name real registries."""
+    monkeypatch.delenv("CRITPRINT_REGISTRY", raising=False)
+    monkeypatch.delenv("CRITPRINT_FILES", raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server on loopback, with no database chosen.
+
+    ``$CRITPRINT_TEST_POSTGRES_URL`` names a server to use. Otherwise a
+    throwaway server is started from the PostgreSQL binaries on PATH or in
+    Debian's /usr/lib/postgresql/VERSION/bin, as an unprivileged user when the
+    tests run as root, listening on 127.0.0.1 only. Without binaries the tests
+    that need it are skipped, unless ``$CRITPRINT_REQUIRE_POSTGRES=1`` (set by
+    .ci/run) makes that a failure.
+    """
+    existing = os.environ.get("CRITPRINT_TEST_POSTGRES_URL")
+    if existing:
+        yield existing.rstrip("/")
+        return
+    try:
+        with pgserver.throwaway_server() as url:
+            yield url
+    except pgserver.ServerUnavailable as error:
+        if os.environ.get("CRITPRINT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"CRITPRINT_REQUIRE_POSTGRES=1 but no PostgreSQL server could be started: {error}")
+        pytest.skip(f"no PostgreSQL server: {error}")
+
+
+@pytest.fixture()
+def postgres_url(postgres_server: str) -> str:
+    """The URL of a new, empty database on the test server."""
+    return pgserver.create_database(postgres_server)

@@ -1,9 +1,15 @@
-"""The fingerprint registry: a SQLite database plus one file per fingerprint.
+"""The fingerprint registry: a database plus one file per fingerprint.
 
-Layout of a registry folder::
+Layout of a registry folder, the default::
 
     registry.sqlite3        one row per fingerprint (WAL journal)
     fingerprints/           the fingerprint files, named NAME-RANDOM.safetensors
+
+A registry a team shares keeps the rows in PostgreSQL instead
+(``Registry("postgresql://host/db", files=...)``, see
+:mod:`critprint.registry_postgres`) and the files in a folder or an
+object-store path (:mod:`critprint.objectstore`). Both databases have the
+same schema and migrations.
 
 A registration writes the file under a temporary name, renames it, then
 inserts the row in one transaction. If the insert fails, the file is removed,
@@ -24,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from critprint.errors import (
     DuplicateNameError,
@@ -35,7 +41,23 @@ from critprint.errors import (
 )
 from critprint.fingerprint import Fingerprint, atomic_write_bytes, fingerprint_bytes, fingerprint_from_bytes
 
-__all__ = ["SCHEMA_VERSION", "CheckResult", "RegistryEntry", "Registry", "default_registry_dir", "check_name"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "MIGRATIONS",
+    "Row",
+    "CheckResult",
+    "RegistryEntry",
+    "Registry",
+    "Database",
+    "FileStore",
+    "SqliteDatabase",
+    "LocalFileStore",
+    "default_registry_dir",
+    "check_name",
+    "is_database_url",
+    "duplicate_name_error",
+    "newer_schema_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +82,12 @@ CREATE TABLE IF NOT EXISTS fingerprints (
 
 # Statement k takes a database from schema version k (SQLite's user_version)
 # to k + 1. A new schema appends a statement; existing ones never change.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
-SCHEMA_VERSION = len(_MIGRATIONS)
+# Both databases, SQLite and PostgreSQL, run the same statements.
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# A registry location that starts with a URL scheme names a database.
+_URL_PATTERN = re.compile(r"^postgres(ql)?(\+\w+)?://")
 
 
 def default_registry_dir() -> Path:
@@ -88,9 +114,18 @@ def check_name(name: str) -> str:
     return name
 
 
-def _duplicate(name: str) -> DuplicateNameError:
+def duplicate_name_error(name: str) -> DuplicateNameError:
+    """Return the error for a name that is already registered."""
     return DuplicateNameError(
         f"fingerprint name {name!r} is already registered; choose another name or run `critprint remove {name}` first"
+    )
+
+
+def newer_schema_error(location: str, version: int) -> RegistryError:
+    """Return the error for a database made by a newer critprint."""
+    return RegistryError(
+        f"registry {location} has schema version {version}, newer than the supported "
+        f"{SCHEMA_VERSION}; upgrade critprint"
     )
 
 
@@ -117,7 +152,11 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class RegistryEntry:
-    """One registered fingerprint as the database lists it."""
+    """One registered fingerprint as the database lists it.
+
+    ``path`` is the fingerprint file's path, or its URL in an object store;
+    ``file`` is its name inside the registry's file store.
+    """
 
     name: str
     task: str
@@ -128,9 +167,10 @@ class RegistryEntry:
     architecture: str
     scale: int
     channels: int
-    path: Path
+    path: Path | str
     file_sha256: str
     created_at: str
+    file: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as a JSON-compatible dictionary (``protocol_json`` omitted)."""
@@ -149,37 +189,93 @@ class RegistryEntry:
         }
 
 
-class Registry:
-    """A folder of registered fingerprints with unique names.
+Row = tuple[Any, ...]
+
+
+class Database(Protocol):
+    """The storage of a registry's rows: the ``fingerprints`` table of the schema.
+
+    Every method opens what it needs, migrates an older schema, and raises
+    :class:`RegistryError` with a one-line message on a failure.
+    """
+
+    location: str
+
+    def prepare_write(self) -> None:
+        """Make sure a write can start (create the folder or the schema)."""
+
+    def insert(self, name: str, row: Row) -> None:
+        """Insert one row in one transaction; raise DuplicateNameError if ``name`` exists."""
+
+    def fetch(self, name: str) -> Row | None:
+        """Return the row called ``name``, or None."""
+
+    def fetch_all(self, task: str | None) -> list[Row]:
+        """Return every row, or those of one task, sorted by name."""
+
+    def delete(self, name: str) -> None:
+        """Delete the row called ``name`` in one transaction."""
+
+
+class FileStore(Protocol):
+    """The storage of a registry's fingerprint files, addressed by file name."""
+
+    location: str
+
+    def prepare_write(self) -> None:
+        """Make sure a file can be written (create the folder)."""
+
+    def write(self, file_name: str, data: bytes) -> None:
+        """Write a whole file at once: a reader sees all of it or nothing."""
+
+    def read(self, file_name: str) -> bytes:
+        """Return a file's bytes; raise FileNotFoundError if it does not exist."""
+
+    def delete(self, file_name: str) -> None:
+        """Delete a file; nothing happens if it does not exist."""
+
+    def path(self, file_name: str) -> Path | str:
+        """Return a file's path, or its URL in an object store."""
+
+
+class SqliteDatabase:
+    """The rows of a folder registry, in ``registry.sqlite3`` (WAL journal).
 
     Args:
         root: The registry folder; created on first write.
     """
 
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_registry_dir()
-        self.database = self.root / "registry.sqlite3"
-        self.files = self.root / "fingerprints"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "registry.sqlite3"
+        self.location = str(root)
+
+    def prepare_write(self) -> None:
+        self._check_folder()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RegistryError(
+                f"cannot create registry folder {self.root}: {error.strerror}; "
+                "pass a writable --registry DIR or set CRITPRINT_HOME"
+            ) from None
+
+    def _check_folder(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"registry path {self.root} is a file; pass a folder with --registry DIR")
 
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[sqlite3.Connection]:
-        if self.root.exists() and not self.root.is_dir():
-            raise RegistryError(f"registry path {self.root} is a file; pass a folder with --registry DIR")
+        self._check_folder()
         if write:
-            try:
-                self.files.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise RegistryError(
-                    f"cannot create registry folder {self.root}: {error.strerror}; "
-                    "pass a writable --registry DIR or set CRITPRINT_HOME"
-                ) from None
-        elif not self.database.exists():
+            self.prepare_write()
+        elif not self.path.exists():
             yield from self._empty()
             return
         try:
-            connection = sqlite3.connect(self.database, timeout=30.0, isolation_level=None)
+            connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         except sqlite3.Error as error:
-            raise RegistryError(f"cannot open registry {self.database}: {error}") from None
+            raise RegistryError(f"cannot open registry {self.path}: {error}") from None
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA busy_timeout=30000")
@@ -187,11 +283,11 @@ class Registry:
             yield connection
         except sqlite3.OperationalError as error:
             raise RegistryError(
-                f"cannot use registry {self.database}: {error}; check that the folder is writable"
+                f"cannot use registry {self.path}: {error}; check that the folder is writable"
             ) from None
         except sqlite3.DatabaseError as error:
             raise RegistryError(
-                f"registry database {self.database} is corrupt ({error}); restore it from a backup"
+                f"registry database {self.path} is corrupt ({error}); restore it from a backup"
             ) from None
         finally:
             connection.close()
@@ -202,40 +298,187 @@ class Registry:
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
-            raise RegistryError(
-                f"registry {self.database} has schema version {version}, newer than the supported "
-                f"{SCHEMA_VERSION}; upgrade critprint"
-            )
+            raise newer_schema_error(str(self.path), version)
         connection.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have migrated between the read above and the lock.
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            for statement in _MIGRATIONS[version:]:
+            for statement in MIGRATIONS[version:]:
                 connection.execute(statement)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
-        logger.info("migrated %s from schema version %d to %d", self.database, version, SCHEMA_VERSION)
+        logger.info("migrated %s from schema version %d to %d", self.path, version, SCHEMA_VERSION)
 
     @staticmethod
     def _empty() -> Iterator[sqlite3.Connection]:
         connection = sqlite3.connect(":memory:")
         try:
-            for statement in _MIGRATIONS:
+            for statement in MIGRATIONS:
                 connection.execute(statement)
             yield connection
         finally:
             connection.close()
 
-    def _row_to_entry(self, row: tuple[Any, ...]) -> RegistryEntry:
+    def insert(self, name: str, row: Row) -> None:
+        with self._connect(write=True) as connection:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute(f"INSERT INTO fingerprints VALUES ({', '.join('?' * len(row))})", row)
+                connection.execute("COMMIT")
+            except sqlite3.IntegrityError as error:
+                connection.execute("ROLLBACK")
+                if "UNIQUE" in str(error):
+                    raise duplicate_name_error(name) from None
+                raise RegistryError(f"cannot register {name!r} in {self.path}: {error}") from None
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+    def fetch(self, name: str) -> Row | None:
+        with self._connect(write=False) as connection:
+            row: Row | None = connection.execute("SELECT * FROM fingerprints WHERE name = ?", (name,)).fetchone()
+        return row
+
+    def fetch_all(self, task: str | None) -> list[Row]:
+        with self._connect(write=False) as connection:
+            if task is None:
+                return connection.execute("SELECT * FROM fingerprints ORDER BY name").fetchall()
+            return connection.execute("SELECT * FROM fingerprints WHERE task = ? ORDER BY name", (task,)).fetchall()
+
+    def delete(self, name: str) -> None:
+        with self._connect(write=True) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("DELETE FROM fingerprints WHERE name = ?", (name,))
+            connection.execute("COMMIT")
+
+
+class LocalFileStore:
+    """Fingerprint files in a local folder, written through a rename."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.location = str(folder)
+
+    def prepare_write(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RegistryError(
+                f"cannot create fingerprint folder {self.folder}: {error.strerror}; "
+                "pass a writable folder for the fingerprint files"
+            ) from None
+
+    def write(self, file_name: str, data: bytes) -> None:
+        path = self.folder / file_name
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as error:
+            raise RegistryError(
+                f"cannot write fingerprint file {path}: {error.strerror}; check free space and permissions"
+            ) from None
+
+    def read(self, file_name: str) -> bytes:
+        return (self.folder / file_name).read_bytes()
+
+    def delete(self, file_name: str) -> None:
+        (self.folder / file_name).unlink(missing_ok=True)
+
+    def path(self, file_name: str) -> Path:
+        return self.folder / file_name
+
+
+def is_database_url(location: str | Path) -> bool:
+    """Return whether a registry location is a database URL rather than a folder.
+
+    >>> is_database_url("postgresql://127.0.0.1/critprint"), is_database_url("fingerprints")
+    (True, False)
+    """
+    return isinstance(location, str) and bool(_URL_PATTERN.match(location))
+
+
+def _file_store(files: str | Path) -> FileStore:
+    """Return the store for a folder, a ``file://`` URL or an fsspec object-store URL."""
+    if isinstance(files, Path) or "://" not in files:
+        return LocalFileStore(Path(files).expanduser())
+    if files.startswith("file://"):
+        return LocalFileStore(Path(files[len("file://"):]).expanduser())
+    from critprint.objectstore import FsspecFileStore
+
+    return FsspecFileStore(files)
+
+
+class Registry:
+    """Registered fingerprints with unique names.
+
+    Args:
+        root: A registry folder (created on first write), or a database URL
+            ``postgresql://USER@HOST:PORT/DB`` of a shared registry (needs
+            ``critprint[postgres]``). Default: ``$CRITPRINT_REGISTRY`` if
+            set, else :func:`default_registry_dir`.
+        files: Where the fingerprint files go: a folder, ``file://PATH`` or an
+            fsspec URL such as ``memory://prefix`` (needs fsspec, and the
+            package of its protocol). Default: ``fingerprints/`` inside a
+            registry folder; ``$CRITPRINT_FILES`` for a database URL, which
+            needs one of the two.
+
+    Raises:
+        RegistryError: If a database URL has no file location.
+    """
+
+    def __init__(self, root: str | Path | None = None, files: str | Path | None = None) -> None:
+        if root is None:
+            root = os.environ.get("CRITPRINT_REGISTRY") or default_registry_dir()
+        self.database_url: str | None = None
+        if is_database_url(root):
+            from critprint.registry_postgres import PostgresDatabase
+
+            location = str(root)
+            self.root: Path | None = None
+            self._database: Database = PostgresDatabase(location)
+            self.database_url = location
+            files = files or os.environ.get("CRITPRINT_FILES")
+            if not files:
+                raise RegistryError(
+                    f"registry {self._database.location} needs a place for its fingerprint files; "
+                    "set CRITPRINT_FILES to a folder or an object-store URL (or pass files=...)"
+                )
+        else:
+            self.root = Path(root).expanduser()
+            self._database = SqliteDatabase(self.root)
+            files = files if files is not None else self.root / "fingerprints"
+        self._store: FileStore = _file_store(files)
+        self.location = self._database.location
+
+    @property
+    def database(self) -> Path | str:
+        """The SQLite file of a folder registry, or the (password-free) database URL."""
+        if isinstance(self._database, SqliteDatabase):
+            return self._database.path
+        return self._database.location
+
+    @property
+    def files(self) -> Path:
+        """The folder of the fingerprint files, for a registry that keeps them in one."""
+        if not isinstance(self._store, LocalFileStore):
+            raise RegistryError(f"registry {self.location} keeps its files at {self._store.location}, not a folder")
+        return self._store.folder
+
+    @property
+    def files_location(self) -> str:
+        """Where the fingerprint files are: a folder or an object-store URL."""
+        return self._store.location
+
+    def _row_to_entry(self, row: Row) -> RegistryEntry:
         (name, task, protocol, protocol_json, model_sha256, model_source, architecture,
          scale, channels, file, file_sha256, created_at) = row
         return RegistryEntry(
             name=name, task=task, protocol=protocol, protocol_json=protocol_json,
             model_sha256=model_sha256, model_source=model_source, architecture=architecture,
-            scale=int(scale), channels=int(channels), path=self.files / file,
+            scale=int(scale), channels=int(channels), path=self._store.path(file), file=file,
             file_sha256=file_sha256, created_at=created_at,
         )
 
@@ -250,36 +493,21 @@ class Registry:
         check_name(name)
         data = fingerprint_bytes(dataclasses.replace(fingerprint, name=name))
         file_name = f"{name}-{uuid.uuid4().hex[:12]}.safetensors"
-        path = self.files / file_name
-        with self._connect(write=True) as connection:
-            try:
-                atomic_write_bytes(path, data)
-            except OSError as error:
-                raise RegistryError(
-                    f"cannot write fingerprint file {path}: {error.strerror}; check free space and permissions"
-                ) from None
-            row = (
-                name, fingerprint.protocol.task, fingerprint.protocol.name, fingerprint.protocol.to_json(),
-                fingerprint.model.sha256, fingerprint.model.source, fingerprint.model.architecture,
-                fingerprint.model.scale, fingerprint.model.input_channels, file_name,
-                hashlib.sha256(data).hexdigest(), fingerprint.created_at,
-            )
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                connection.execute(f"INSERT INTO fingerprints VALUES ({', '.join('?' * len(row))})", row)
-                connection.execute("COMMIT")
-            except sqlite3.IntegrityError as error:
-                connection.execute("ROLLBACK")
-                path.unlink(missing_ok=True)
-                if "UNIQUE" in str(error):
-                    raise _duplicate(name) from None
-                raise RegistryError(f"cannot register {name!r} in {self.database}: {error}") from None
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                path.unlink(missing_ok=True)
-                raise
-        logger.info("registered %s as %s", name, path)
+        self._database.prepare_write()
+        self._store.prepare_write()
+        self._store.write(file_name, data)
+        row = (
+            name, fingerprint.protocol.task, fingerprint.protocol.name, fingerprint.protocol.to_json(),
+            fingerprint.model.sha256, fingerprint.model.source, fingerprint.model.architecture,
+            fingerprint.model.scale, fingerprint.model.input_channels, file_name,
+            hashlib.sha256(data).hexdigest(), fingerprint.created_at,
+        )
+        try:
+            self._database.insert(name, row)
+        except BaseException:
+            self._store.delete(file_name)
+            raise
+        logger.info("registered %s as %s", name, self._store.path(file_name))
         return self.get(name)
 
     def ensure_available(self, name: str) -> None:
@@ -291,12 +519,11 @@ class Registry:
         """
         check_name(name)
         if self.contains(name):
-            raise _duplicate(name)
+            raise duplicate_name_error(name)
 
     def contains(self, name: str) -> bool:
         """Return whether a fingerprint called ``name`` is registered."""
-        with self._connect(write=False) as connection:
-            return connection.execute("SELECT 1 FROM fingerprints WHERE name = ?", (name,)).fetchone() is not None
+        return self._database.fetch(name) is not None
 
     def get(self, name: str) -> RegistryEntry:
         """Return the entry called ``name``.
@@ -304,31 +531,22 @@ class Registry:
         Raises:
             NameNotFoundError: If no such fingerprint is registered.
         """
-        with self._connect(write=False) as connection:
-            row = connection.execute("SELECT * FROM fingerprints WHERE name = ?", (name,)).fetchone()
+        row = self._database.fetch(name)
         if row is None:
             raise NameNotFoundError(
-                f"no fingerprint named {name!r} in registry {self.root}; "
-                f"run `critprint list --registry {self.root}` to see the names"
+                f"no fingerprint named {name!r} in registry {self.location}; "
+                f"run `critprint list --registry {self.location}` to see the names"
             )
         return self._row_to_entry(row)
 
     def entries(self, task: str | None = None) -> list[RegistryEntry]:
         """Return all entries, or those of one task, sorted by name."""
-        with self._connect(write=False) as connection:
-            if task is None:
-                rows = connection.execute("SELECT * FROM fingerprints ORDER BY name").fetchall()
-            else:
-                rows = connection.execute(
-                    "SELECT * FROM fingerprints WHERE task = ? ORDER BY name", (task,)
-                ).fetchall()
-        return [self._row_to_entry(row) for row in rows]
+        return [self._row_to_entry(row) for row in self._database.fetch_all(task)]
 
-    @staticmethod
-    def _read_file(entry: RegistryEntry) -> tuple[Literal["ok", "missing", "altered"], bytes]:
+    def _read_file(self, entry: RegistryEntry) -> tuple[Literal["ok", "missing", "altered"], bytes]:
         """Read an entry's file and compare it with the SHA-256 recorded at registration."""
         try:
-            data = entry.path.read_bytes()
+            data = self._store.read(entry.file)
         except FileNotFoundError:
             return "missing", b""
         if hashlib.sha256(data).hexdigest() != entry.file_sha256:
@@ -342,15 +560,22 @@ class Registry:
             NameNotFoundError: If no such fingerprint is registered.
             RegistryError: If its file is missing or was altered.
         """
-        entry = self.get(name)
+        return self.load_entry(self.get(name))
+
+    def load_entry(self, entry: RegistryEntry) -> Fingerprint:
+        """Read the fingerprint of an entry already fetched, checking its file's SHA-256.
+
+        Raises:
+            RegistryError: If its file is missing or was altered.
+        """
         status, data = self._read_file(entry)
         if status == "missing":
             raise RegistryError(
-                f"fingerprint file of {name!r} is missing: {entry.path}; remove and register it again"
+                f"fingerprint file of {entry.name!r} is missing: {entry.path}; remove and register it again"
             )
         if status == "altered":
             raise RegistryError(
-                f"fingerprint file of {name!r} was altered since registration (SHA-256 mismatch): {entry.path}"
+                f"fingerprint file of {entry.name!r} was altered since registration (SHA-256 mismatch): {entry.path}"
             )
         return fingerprint_from_bytes(data, str(entry.path))
 
@@ -380,10 +605,7 @@ class Registry:
     def remove(self, name: str) -> RegistryEntry:
         """Unregister ``name`` and delete its file; return the removed entry."""
         entry = self.get(name)
-        with self._connect(write=True) as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.execute("DELETE FROM fingerprints WHERE name = ?", (name,))
-            connection.execute("COMMIT")
-        entry.path.unlink(missing_ok=True)
+        self._database.delete(name)
+        self._store.delete(entry.file)
         logger.info("removed %s", name)
         return entry

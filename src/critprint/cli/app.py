@@ -76,8 +76,13 @@ def _check_names(task: str | None = None, protocol: str | None = None) -> None:
 
 
 RegistryOption = Annotated[
-    Optional[Path],
-    typer.Option("--registry", help="Registry folder. Default: $CRITPRINT_HOME, else the user data folder."),
+    Optional[str],
+    typer.Option(
+        "--registry",
+        metavar="DIR|URL",
+        help="Registry folder, or postgresql://USER@HOST:PORT/DB of a shared registry. "
+        "Default: $CRITPRINT_REGISTRY, else $CRITPRINT_HOME, else the user data folder.",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on standard output.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Hide progress bars.")]
