@@ -60,23 +60,22 @@ def test_threshold_rejects_bad_alpha(alpha: float) -> None:
         threshold(30, alpha=alpha)
 
 
-def test_decide_many_matches_decide() -> None:
-    from critprint.decision import decide_many
+
+def test_feature_distances_match_one_by_one() -> None:
+    from critprint.decision import feature_distances
 
     generator = torch.Generator().manual_seed(3)
     sources = torch.rand(6, 30, generator=generator, dtype=torch.float64)
     suspect = sources[2] + 0.001
-    batch = decide_many(sources, suspect)
-    single = [decide(row, suspect) for row in sources]
-    assert [item.verdict for item in batch] == [item.verdict for item in single]
-    for batched, alone in zip(batch, single, strict=True):
-        assert batched.distance == pytest.approx(alone.distance, rel=1e-12)
-        assert batched.probability == pytest.approx(alone.probability, rel=1e-9)
-    assert batch[2].verdict == "derived"
+    batch = feature_distances(sources, suspect)
+    assert batch.shape == (6,)
+    for row, value in zip(sources, batch.tolist(), strict=True):
+        assert value == pytest.approx(feature_distance(row, suspect), rel=1e-12)
+    assert int(batch.argmin()) == 2
 
 
-def test_decide_many_rejects_mismatched_shapes() -> None:
-    from critprint.decision import decide_many
+def test_feature_distances_reject_mismatched_shapes() -> None:
+    from critprint.decision import feature_distances
 
     with pytest.raises(InvalidInputError, match=r"expected shapes \(N, L\) and \(L,\)"):
-        decide_many(torch.zeros(3, 30), torch.zeros(22))
+        feature_distances(torch.zeros(3, 30), torch.zeros(22))

@@ -6,20 +6,24 @@ reported number measures exactly what a user runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from critprint.decision import Decision, Verdict, decide
+import torch
+
+from critprint.decision import Decision, Verdict, decide, feature_distances
 from critprint.errors import FingerprintFormatError, IncompatibleModelError, InvalidInputError, RegistryError
 from critprint.extraction import ProgressCallback, Runtime, check_compatible, extract_critical_image
 from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint, ModelIdentity, now_utc, software_versions
 from critprint.models import ModelHandle, infer_task, load_model
 from critprint.protocol import Protocol, get_protocol
-from critprint.registry import Registry, RegistryEntry
+from critprint.registry import Registry, RegistryEntry, decode_features
+from critprint.userimport import first_line
 
 __all__ = [
     "Verification",
@@ -174,24 +178,30 @@ def register(
 
 
 def _compare(
-    source_name: str, source: Fingerprint, suspect: ModelHandle, suspect_features: Any, seconds: float
+    source_name: str,
+    protocol: Protocol,
+    source_sha256: str,
+    source_features: torch.Tensor,
+    suspect: ModelHandle,
+    suspect_features: torch.Tensor,
+    seconds: float,
 ) -> Verification:
-    decision: Decision = decide(source.features, suspect_features, source.protocol.alpha, source.protocol.sigma_h)
+    decision: Decision = decide(source_features, suspect_features, protocol.alpha, protocol.sigma_h)
     return Verification(
         source=source_name,
         suspect=suspect.source,
-        task=source.protocol.task,
+        task=protocol.task,
         distance=decision.distance,
         threshold=decision.threshold,
         ratio=decision.ratio,
         probability=decision.probability,
         verdict=decision.verdict,
-        protocol=source.protocol.name,
+        protocol=protocol.name,
         elapsed_seconds=seconds,
         feature_length=decision.length,
-        source_sha256=source.model.sha256,
+        source_sha256=source_sha256,
         suspect_sha256=suspect.sha256,
-        protocol_settings=source.protocol.to_dict(),
+        protocol_settings=protocol.to_dict(),
     )
 
 
@@ -257,7 +267,10 @@ def verify(
     _check_suspect(source, handle)
     result = extract_critical_image(handle, source.protocol, progress, runtime)
     features = feature_vector(result.critical_image, source.protocol.features)
-    return _compare(source_name, source, handle, features, time.perf_counter() - start)
+    return _compare(
+        source_name, source.protocol, source.model.sha256, source.features, handle, features,
+        time.perf_counter() - start,
+    )
 
 
 def verify_registered(
@@ -303,35 +316,117 @@ def identify(
     start = time.perf_counter()
     registry = registry or Registry()
     handle = _as_handle(suspect)
-    suspect_task = infer_task(handle, task)
-    groups: dict[str, list[tuple[RegistryEntry, Fingerprint]]] = {}
-    for entry in registry.entries(task=suspect_task):
+    groups = _group_by_protocol(registry, handle, infer_task(handle, task), allow_custom)
+
+    candidates: list[_Candidate] = []
+    for protocol, members in groups.values():
+        extraction = extract_critical_image(handle, protocol, progress, runtime)
+        features = feature_vector(extraction.critical_image, protocol.features)
+        sources = _source_features(registry, members, int(features.numel()))
+        distances = feature_distances(torch.stack([row for _, row in sources]), features).tolist() if sources else []
+        candidates += [
+            _Candidate(distance, entry, row, protocol, features)
+            for distance, (entry, row) in zip(distances, sources, strict=True)
+        ]
+    candidates.sort(key=lambda candidate: candidate.distance)
+
+    results: list[Verification] = []
+    for candidate in candidates:
+        if top is not None and len(results) == top:
+            break
+        verification = _verify_candidate(registry, handle, candidate, time.perf_counter() - start)
+        if verification is not None:
+            results.append(verification)
+    return results
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A registered fingerprint ranked against the suspect, before its verdict is stated."""
+
+    distance: float
+    entry: RegistryEntry
+    features: torch.Tensor
+    protocol: Protocol
+    suspect_features: torch.Tensor
+
+
+def _group_by_protocol(
+    registry: Registry, handle: ModelHandle, task: str, allow_custom: bool
+) -> dict[str, tuple[Protocol, list[RegistryEntry]]]:
+    """Return the entries a suspect can be compared with, grouped by the protocol its extraction needs."""
+    parsed: dict[str, Protocol | None] = {}
+    groups: dict[str, tuple[Protocol, list[RegistryEntry]]] = {}
+    for entry in registry.entries(task=task):
         if entry.scale != handle.scale or entry.channels != handle.input_channels:
             logger.info("skipping %s: scale %d and %d channels do not match the suspect", entry.name,
                         entry.scale, entry.channels)
             continue
-        try:
-            fingerprint = registry.load(entry.name)
-        except (RegistryError, FingerprintFormatError) as error:
-            logger.warning("skipping %s: %s", entry.name, error)
+        if entry.protocol_json not in parsed:
+            try:
+                parsed[entry.protocol_json] = Protocol.from_dict(json.loads(entry.protocol_json))
+            except (ValueError, TypeError, InvalidInputError) as error:
+                logger.warning("skipping %s: invalid protocol in the registry: %s", entry.name, first_line(error))
+                parsed[entry.protocol_json] = None
+        protocol = parsed[entry.protocol_json]
+        if protocol is None:
             continue
-        if fingerprint.protocol.task == "custom" and not allow_custom:
+        if protocol.task == "custom" and not allow_custom:
             logger.warning("skipping %s: its custom degradation runs a module; pass --allow-custom to use it",
                            entry.name)
             continue
         # The parsed protocol, not the stored text: records written before a
         # field was added lack its key but describe the same extraction.
-        groups.setdefault(fingerprint.protocol.to_json(), []).append((entry, fingerprint))
+        groups.setdefault(protocol.to_json(), (protocol, []))[1].append(entry)
+    return groups
 
-    results: list[Verification] = []
-    for members in groups.values():
-        protocol = members[0][1].protocol
-        extraction = extract_critical_image(handle, protocol, progress, runtime)
-        features = feature_vector(extraction.critical_image, protocol.features)
-        for entry, fingerprint in members:
-            results.append(_compare(entry.name, fingerprint, handle, features, time.perf_counter() - start))
-    results.sort(key=lambda item: item.distance)
-    return results[:top] if top is not None else results
+
+def _source_features(
+    registry: Registry, members: list[RegistryEntry], length: int
+) -> list[tuple[RegistryEntry, torch.Tensor]]:
+    """Return each entry's feature vector: from its row, or from its file for a row that lacks one."""
+    indexed = [entry for entry in members if entry.features]
+    rows: list[tuple[RegistryEntry, torch.Tensor]] = []
+    try:
+        matrix = decode_features([entry.features for entry in indexed], length)
+        rows = list(zip(indexed, matrix, strict=True))
+        unindexed = [entry for entry in members if not entry.features]
+    except RegistryError as error:
+        logger.warning("reading %d fingerprint files instead of the registry's feature vectors: %s",
+                       len(indexed), error)
+        unindexed = members
+    for entry in unindexed:
+        try:
+            rows.append((entry, registry.load_entry(entry).features))
+        except (RegistryError, FingerprintFormatError) as error:
+            logger.warning("skipping %s: %s", entry.name, error)
+    return rows
+
+
+def _verify_candidate(
+    registry: Registry, handle: ModelHandle, candidate: _Candidate, seconds: float
+) -> Verification | None:
+    """State a candidate's verdict; a derived one is checked against its fingerprint file first.
+
+    The feature vectors in the registry's rows rank the candidates. A match is
+    an accusation, so its verdict rests on the fingerprint file, whose SHA-256
+    the registry recorded: a missing or altered file drops the match.
+    """
+    entry, features = candidate.entry, candidate.features
+    verification = _compare(entry.name, candidate.protocol, entry.model_sha256, features, handle,
+                            candidate.suspect_features, seconds)
+    if verification.verdict != "derived" or not entry.features:
+        return verification
+    try:
+        stored = registry.load_entry(entry).features
+    except (RegistryError, FingerprintFormatError) as error:
+        logger.warning("skipping %s: %s", entry.name, error)
+        return None
+    if not torch.equal(stored.to(torch.float64), features):
+        logger.warning("the registry's feature vector of %s differs from its file's; using the file's", entry.name)
+        return _compare(entry.name, candidate.protocol, entry.model_sha256, stored, handle,
+                        candidate.suspect_features, seconds)
+    return verification
 
 
 def import_fingerprint(path: str | Path, name: str | None = None, registry: Registry | None = None) -> RegistryEntry:

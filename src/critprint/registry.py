@@ -26,11 +26,14 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+import numpy
+import torch
 
 from critprint.errors import (
     DuplicateNameError,
@@ -44,6 +47,9 @@ from critprint.fingerprint import Fingerprint, atomic_write_bytes, fingerprint_b
 __all__ = [
     "SCHEMA_VERSION",
     "MIGRATIONS",
+    "COLUMNS",
+    "encode_features",
+    "decode_features",
     "Row",
     "CheckResult",
     "RegistryEntry",
@@ -80,11 +86,52 @@ CREATE TABLE IF NOT EXISTS fingerprints (
 )
 """
 
+# Version 2 keeps each fingerprint's feature vector in its row, so that
+# identification ranks a large registry without reading its files. Rows made
+# before it hold '' until their fingerprint is registered again.
+_SCHEMA_V2 = "ALTER TABLE fingerprints ADD COLUMN features TEXT NOT NULL DEFAULT ''"
+
 # Statement k takes a database from schema version k (SQLite's user_version)
 # to k + 1. A new schema appends a statement; existing ones never change.
 # Both databases, SQLite and PostgreSQL, run the same statements.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+COLUMNS: tuple[str, ...] = (
+    "name", "task", "protocol", "protocol_json", "model_sha256", "model_source", "architecture",
+    "scale", "channels", "file", "file_sha256", "created_at", "features",
+)
+"""The columns of the ``fingerprints`` table, in the order of a :data:`Row`."""
+
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM fingerprints"
+
+
+def encode_features(features: torch.Tensor) -> str:
+    """Return a feature vector as the hex text of its little-endian float64 values, as rows store it.
+
+    >>> encode_features(torch.tensor([1.0]))
+    '000000000000f03f'
+    """
+    return features.detach().to("cpu", torch.float64).numpy().astype("<f8").tobytes().hex()
+
+
+def decode_features(texts: Sequence[str], length: int) -> torch.Tensor:
+    """Return the (N, L) float64 matrix of N hex-encoded feature vectors of length L.
+
+    Raises:
+        RegistryError: If a text is not L hex-encoded float64 values.
+    """
+    try:
+        data = bytes.fromhex("".join(texts))
+    except ValueError:
+        raise RegistryError("invalid feature vector in the registry: not hex text; register the fingerprint again") from None
+    if len(data) != 8 * length * len(texts):
+        raise RegistryError(
+            f"invalid feature vectors in the registry: expected {len(texts)} of {length} values; "
+            "register the fingerprints again"
+        )
+    matrix = numpy.frombuffer(data, dtype="<f8").reshape(len(texts), length)
+    return torch.from_numpy(matrix.astype(numpy.float64))
 
 # A registry location that starts with a URL scheme names a database.
 _URL_PATTERN = re.compile(r"^postgres(ql)?(\+\w+)?://")
@@ -155,7 +202,9 @@ class RegistryEntry:
     """One registered fingerprint as the database lists it.
 
     ``path`` is the fingerprint file's path, or its URL in an object store;
-    ``file`` is its name inside the registry's file store.
+    ``file`` is its name inside the registry's file store. ``features`` is the
+    feature vector as :func:`encode_features` writes it, or '' for a row
+    registered before the database kept it.
     """
 
     name: str
@@ -171,6 +220,7 @@ class RegistryEntry:
     file_sha256: str
     created_at: str
     file: str = ""
+    features: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as a JSON-compatible dictionary (``protocol_json`` omitted)."""
@@ -326,7 +376,7 @@ class SqliteDatabase:
         with self._connect(write=True) as connection:
             try:
                 connection.execute("BEGIN IMMEDIATE")
-                connection.execute(f"INSERT INTO fingerprints VALUES ({', '.join('?' * len(row))})", row)
+                connection.execute(f"INSERT INTO fingerprints ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
                 connection.execute("COMMIT")
             except sqlite3.IntegrityError as error:
                 connection.execute("ROLLBACK")
@@ -340,14 +390,14 @@ class SqliteDatabase:
 
     def fetch(self, name: str) -> Row | None:
         with self._connect(write=False) as connection:
-            row: Row | None = connection.execute("SELECT * FROM fingerprints WHERE name = ?", (name,)).fetchone()
+            row: Row | None = connection.execute(f"{_SELECT} WHERE name = ?", (name,)).fetchone()
         return row
 
     def fetch_all(self, task: str | None) -> list[Row]:
         with self._connect(write=False) as connection:
             if task is None:
-                return connection.execute("SELECT * FROM fingerprints ORDER BY name").fetchall()
-            return connection.execute("SELECT * FROM fingerprints WHERE task = ? ORDER BY name", (task,)).fetchall()
+                return connection.execute(f"{_SELECT} ORDER BY name").fetchall()
+            return connection.execute(f"{_SELECT} WHERE task = ? ORDER BY name", (task,)).fetchall()
 
     def delete(self, name: str) -> None:
         with self._connect(write=True) as connection:
@@ -474,12 +524,12 @@ class Registry:
 
     def _row_to_entry(self, row: Row) -> RegistryEntry:
         (name, task, protocol, protocol_json, model_sha256, model_source, architecture,
-         scale, channels, file, file_sha256, created_at) = row
+         scale, channels, file, file_sha256, created_at, features) = row
         return RegistryEntry(
             name=name, task=task, protocol=protocol, protocol_json=protocol_json,
             model_sha256=model_sha256, model_source=model_source, architecture=architecture,
             scale=int(scale), channels=int(channels), path=self._store.path(file), file=file,
-            file_sha256=file_sha256, created_at=created_at,
+            file_sha256=file_sha256, created_at=created_at, features=features,
         )
 
     def add(self, name: str, fingerprint: Fingerprint) -> RegistryEntry:
@@ -500,7 +550,7 @@ class Registry:
             name, fingerprint.protocol.task, fingerprint.protocol.name, fingerprint.protocol.to_json(),
             fingerprint.model.sha256, fingerprint.model.source, fingerprint.model.architecture,
             fingerprint.model.scale, fingerprint.model.input_channels, file_name,
-            hashlib.sha256(data).hexdigest(), fingerprint.created_at,
+            hashlib.sha256(data).hexdigest(), fingerprint.created_at, encode_features(fingerprint.features),
         )
         try:
             self._database.insert(name, row)

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from critprint.errors import RegistryError
-from critprint.registry import MIGRATIONS, SCHEMA_VERSION, Row, duplicate_name_error, newer_schema_error
+from critprint.registry import COLUMNS, MIGRATIONS, SCHEMA_VERSION, Row, duplicate_name_error, newer_schema_error
 
 __all__ = ["PostgresDatabase"]
 
@@ -24,10 +24,7 @@ logger = logging.getLogger(__name__)
 # pg_advisory_xact_lock key of the migration: any constant shared by all critprint versions.
 _MIGRATION_LOCK = 0x63726974
 
-_COLUMNS = (
-    "name", "task", "protocol", "protocol_json", "model_sha256", "model_source", "architecture",
-    "scale", "channels", "file", "file_sha256", "created_at",
-)
+_COLUMNS = COLUMNS
 
 # One engine (and its connection pool) per URL and process.
 _ENGINES: dict[str, Any] = {}

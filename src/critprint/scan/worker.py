@@ -62,28 +62,21 @@ class ScanJob:
 class CachingRegistry(Registry):
     """A registry that a worker reuses across models, reading each fingerprint file once.
 
-    ``identify`` lists the entries of a task, then loads each. Here a load
-    takes the entry from that listing, without another query, and a
-    fingerprint already read and checked is reused while its row records the
-    same file hash. A fingerprint registered again under its name has a new
-    hash, so it is read again.
+    ``identify`` ranks the registered fingerprints by the feature vectors in
+    the database's rows and reads the files of its matches, and of rows that
+    lack a feature vector. A fingerprint already read and checked is reused
+    while its row records the same file hash; one registered again under its
+    name has a new hash, so it is read again.
     """
 
     def __init__(self, root: str | None = None, files: str | None = None) -> None:
         super().__init__(root, files=files)
-        self._listed: dict[str, RegistryEntry] = {}
         self._read: dict[tuple[str, str], Fingerprint] = {}
 
-    def entries(self, task: str | None = None) -> list[RegistryEntry]:
-        listed = super().entries(task)
-        self._listed.update((entry.name, entry) for entry in listed)
-        return listed
-
-    def load(self, name: str) -> Fingerprint:
-        entry = self._listed.get(name) or self.get(name)
+    def load_entry(self, entry: RegistryEntry) -> Fingerprint:
         key = (entry.name, entry.file_sha256)
         if key not in self._read:
-            self._read[key] = self.load_entry(entry)
+            self._read[key] = super().load_entry(entry)
         return self._read[key]
 
 
