@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end at toy sizes, so they do not rot between measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from critprint.protocol import DEFAULT_PROTOCOL
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *arguments: str) -> dict:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *arguments, "--json"],
+        capture_output=True, text=True, check=True, env=environment, timeout=600,
+    )
+    return json.loads(completed.stdout)
+
+
+def test_gpu_check_runs_on_cpu() -> None:
+    result = run_script("gpu_check.py", "--device", "cpu", "--models", "compact-x4", "--iterations", "3")
+    rows = result["rows"]
+    assert [row["variant"] for row in rows[:3]] == ["float32", "bfloat16", "bfloat16-channels-last"]
+    assert {row["protocol"] for row in rows} == {DEFAULT_PROTOCOL, "paper"}
+    assert all(row["iterations_per_second"] > 0 for row in rows)
+    assert rows[0]["ratio_to_float32"] == 0.0
+
+
+def test_extraction_benchmark_reports_ratios() -> None:
+    result = run_script(
+        "extraction.py", "--models", "compact-x4", "--iterations", "2", "--rounds", "1",
+        "--paper-sample", "3", "--registry-size", "50", "--threads", "1",
+    )
+    (overhead,) = result["overhead"]
+    assert overhead["overhead_ratio"] > 0
+    (fingerprint,) = result["fingerprint"]
+    # The paper protocol extracts a 4 times larger image for 10 times more steps.
+    assert fingerprint["speedup"] > 1
+    assert fingerprint["paper_extrapolated_from_iterations"] == 3
+    assert result["identify"]["fingerprints"] == 50
