@@ -7,6 +7,7 @@ not installed; CI sets ``CRITPRINT_REQUIRE_POSTGRES=1`` so they run there.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 import sqlite3
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from critprint.errors import DuplicateNameError, NameNotFoundError, RegistryError
+from critprint.errors import DuplicateNameError, InvalidInputError, NameNotFoundError, RegistryError
 from critprint.fingerprint import Fingerprint, ModelIdentity
 from critprint.protocol import get_protocol
 from critprint.registry import SCHEMA_VERSION, Registry
@@ -84,6 +85,27 @@ def test_add_get_list_remove(make_registry: MakeRegistry) -> None:
     assert registry.entries() == []
     with pytest.raises(NameNotFoundError):
         registry.load("alpha")
+
+
+def test_index_keeps_feature_vectors(make_registry: MakeRegistry) -> None:
+    from critprint.registry import decode_features
+
+    registry = make_registry()
+    record = small_record(0.5)
+    registry.add("beta", record)
+    registry.add("alpha", small_record(0.25))
+    index = registry.index(task="denoise")
+    assert [row.name for row in index] == ["alpha", "beta"]
+    assert registry.index(task="sr") == []
+    assert json.loads(index[1].protocol_json) == record.protocol.to_dict()
+    assert (index[1].scale, index[1].channels) == (1, 3)
+    assert torch.equal(decode_features([index[1].features], 30)[0], record.features)
+
+
+def test_unknown_columns_rejected(make_registry: MakeRegistry) -> None:
+    registry = make_registry()
+    with pytest.raises(InvalidInputError, match="invalid registry columns \\['name; DROP'\\]"):
+        registry._database.fetch_all(None, ("name; DROP",))
 
 
 def test_names_sorted_bytewise(make_registry: MakeRegistry) -> None:

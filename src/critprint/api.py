@@ -22,7 +22,7 @@ from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint, ModelIdentity, now_utc, software_versions
 from critprint.models import ModelHandle, infer_task, load_model
 from critprint.protocol import Protocol, get_protocol
-from critprint.registry import Registry, RegistryEntry, decode_features
+from critprint.registry import IndexRow, Registry, RegistryEntry, decode_features
 from critprint.userimport import first_line
 
 __all__ = [
@@ -185,7 +185,9 @@ def _compare(
     suspect: ModelHandle,
     suspect_features: torch.Tensor,
     seconds: float,
+    settings: dict[str, Any] | None = None,
 ) -> Verification:
+    """Decide one pair; ``settings`` is ``protocol.to_dict()`` when the caller already made it."""
     decision: Decision = decide(source_features, suspect_features, protocol.alpha, protocol.sigma_h)
     return Verification(
         source=source_name,
@@ -201,7 +203,7 @@ def _compare(
         feature_length=decision.length,
         source_sha256=source_sha256,
         suspect_sha256=suspect.sha256,
-        protocol_settings=protocol.to_dict(),
+        protocol_settings=settings if settings is not None else protocol.to_dict(),
     )
 
 
@@ -318,115 +320,137 @@ def identify(
     handle = _as_handle(suspect)
     groups = _group_by_protocol(registry, handle, infer_task(handle, task), allow_custom)
 
-    candidates: list[_Candidate] = []
-    for protocol, members in groups.values():
+    ranked: list[_Ranked] = []
+    for protocol, rows in groups.values():
         extraction = extract_critical_image(handle, protocol, progress, runtime)
         features = feature_vector(extraction.critical_image, protocol.features)
-        sources = _source_features(registry, members, int(features.numel()))
-        distances = feature_distances(torch.stack([row for _, row in sources]), features).tolist() if sources else []
-        candidates += [
-            _Candidate(distance, entry, row, protocol, features)
-            for distance, (entry, row) in zip(distances, sources, strict=True)
-        ]
-    candidates.sort(key=lambda candidate: candidate.distance)
+        kept, matrix, read = _source_features(registry, rows, int(features.numel()))
+        if kept:
+            ranked.append(_Ranked(protocol, protocol.to_dict(), features, kept, matrix,
+                                  feature_distances(matrix, features), len(kept) - read))
 
+    # One global order over every group, without an object per registered fingerprint.
+    order = sorted(
+        ((distance, group, row) for group, item in enumerate(ranked) for row, distance in enumerate(item.distances.tolist())),
+    )
     results: list[Verification] = []
-    for candidate in candidates:
+    for _, group, row in order:
         if top is not None and len(results) == top:
             break
-        verification = _verify_candidate(registry, handle, candidate, time.perf_counter() - start)
+        verification = _verify_candidate(registry, handle, ranked[group], row, time.perf_counter() - start)
         if verification is not None:
             results.append(verification)
     return results
 
 
 @dataclass(frozen=True)
-class _Candidate:
-    """A registered fingerprint ranked against the suspect, before its verdict is stated."""
+class _Ranked:
+    """The registered fingerprints of one protocol, with their distances to the suspect."""
 
-    distance: float
-    entry: RegistryEntry
-    features: torch.Tensor
     protocol: Protocol
+    settings: dict[str, Any]
     suspect_features: torch.Tensor
+    rows: list[IndexRow]
+    matrix: torch.Tensor
+    distances: torch.Tensor
+    first_read: int
+    """Index of the first row whose vector was read from its file, already checked."""
 
 
 def _group_by_protocol(
     registry: Registry, handle: ModelHandle, task: str, allow_custom: bool
-) -> dict[str, tuple[Protocol, list[RegistryEntry]]]:
-    """Return the entries a suspect can be compared with, grouped by the protocol its extraction needs."""
-    parsed: dict[str, Protocol | None] = {}
-    groups: dict[str, tuple[Protocol, list[RegistryEntry]]] = {}
-    for entry in registry.entries(task=task):
-        if entry.scale != handle.scale or entry.channels != handle.input_channels:
-            logger.info("skipping %s: scale %d and %d channels do not match the suspect", entry.name,
-                        entry.scale, entry.channels)
+) -> dict[str, tuple[Protocol, list[IndexRow]]]:
+    """Return the fingerprints a suspect can be compared with, grouped by the protocol its extraction needs."""
+    # Each distinct stored text is parsed once. The parsed protocol, not the
+    # text, names a group: records written before a field was added lack its
+    # key but describe the same extraction.
+    parsed: dict[str, tuple[str, Protocol] | None] = {}
+    groups: dict[str, tuple[Protocol, list[IndexRow]]] = {}
+    for row in registry.index(task=task):
+        if row.scale != handle.scale or row.channels != handle.input_channels:
+            logger.info("skipping %s: scale %d and %d channels do not match the suspect", row.name,
+                        row.scale, row.channels)
             continue
-        if entry.protocol_json not in parsed:
-            try:
-                parsed[entry.protocol_json] = Protocol.from_dict(json.loads(entry.protocol_json))
-            except (ValueError, TypeError, InvalidInputError) as error:
-                logger.warning("skipping %s: invalid protocol in the registry: %s", entry.name, first_line(error))
-                parsed[entry.protocol_json] = None
-        protocol = parsed[entry.protocol_json]
-        if protocol is None:
+        if row.protocol_json not in parsed:
+            parsed[row.protocol_json] = _parse_protocol(row)
+        found = parsed[row.protocol_json]
+        if found is None:
             continue
+        key, protocol = found
         if protocol.task == "custom" and not allow_custom:
             logger.warning("skipping %s: its custom degradation runs a module; pass --allow-custom to use it",
-                           entry.name)
+                           row.name)
             continue
-        # The parsed protocol, not the stored text: records written before a
-        # field was added lack its key but describe the same extraction.
-        groups.setdefault(protocol.to_json(), (protocol, []))[1].append(entry)
+        groups.setdefault(key, (protocol, []))[1].append(row)
     return groups
 
 
-def _source_features(
-    registry: Registry, members: list[RegistryEntry], length: int
-) -> list[tuple[RegistryEntry, torch.Tensor]]:
-    """Return each entry's feature vector: from its row, or from its file for a row that lacks one."""
-    indexed = [entry for entry in members if entry.features]
-    rows: list[tuple[RegistryEntry, torch.Tensor]] = []
+def _parse_protocol(row: IndexRow) -> tuple[str, Protocol] | None:
+    """Return a stored protocol and its canonical text, or None (logged) if the text is invalid."""
     try:
-        matrix = decode_features([entry.features for entry in indexed], length)
-        rows = list(zip(indexed, matrix, strict=True))
-        unindexed = [entry for entry in members if not entry.features]
+        protocol = Protocol.from_dict(json.loads(row.protocol_json))
+    except (ValueError, TypeError, InvalidInputError) as error:
+        logger.warning("skipping %s: invalid protocol in the registry: %s", row.name, first_line(error))
+        return None
+    return protocol.to_json(), protocol
+
+
+def _source_features(
+    registry: Registry, rows: list[IndexRow], length: int
+) -> tuple[list[IndexRow], torch.Tensor, int]:
+    """Return the rows with a feature vector, the (N, L) matrix of those vectors, and how many were read from files.
+
+    A row's vector comes from the database, or from its fingerprint file when
+    the row lacks one (a fingerprint registered before the database kept it).
+    The rows read from files come last.
+    """
+    indexed = [row for row in rows if row.features]
+    unindexed = [row for row in rows if not row.features]
+    try:
+        matrix = decode_features([row.features for row in indexed], length)
     except RegistryError as error:
         logger.warning("reading %d fingerprint files instead of the registry's feature vectors: %s",
                        len(indexed), error)
-        unindexed = members
-    for entry in unindexed:
+        indexed, unindexed, matrix = [], rows, torch.empty(0, length, dtype=torch.float64)
+    kept: list[IndexRow] = []
+    vectors: list[torch.Tensor] = []
+    for row in unindexed:
         try:
-            rows.append((entry, registry.load_entry(entry).features))
+            vectors.append(registry.load(row.name).features.to(torch.float64))
         except (RegistryError, FingerprintFormatError) as error:
-            logger.warning("skipping %s: %s", entry.name, error)
-    return rows
+            logger.warning("skipping %s: %s", row.name, error)
+            continue
+        kept.append(row)
+    if vectors:
+        matrix = torch.cat([matrix, torch.stack(vectors)])
+    return indexed + kept, matrix, len(kept)
 
 
 def _verify_candidate(
-    registry: Registry, handle: ModelHandle, candidate: _Candidate, seconds: float
+    registry: Registry, handle: ModelHandle, ranked: _Ranked, index: int, seconds: float
 ) -> Verification | None:
-    """State a candidate's verdict; a derived one is checked against its fingerprint file first.
+    """State one ranked fingerprint's verdict; a derived one is checked against its file first.
 
     The feature vectors in the registry's rows rank the candidates. A match is
     an accusation, so its verdict rests on the fingerprint file, whose SHA-256
-    the registry recorded: a missing or altered file drops the match.
+    the registry recorded: a missing or altered file drops the match, and a
+    row whose vector differs from its file's is judged by the file's.
     """
-    entry, features = candidate.entry, candidate.features
-    verification = _compare(entry.name, candidate.protocol, entry.model_sha256, features, handle,
-                            candidate.suspect_features, seconds)
-    if verification.verdict != "derived" or not entry.features:
+    row = ranked.rows[index]
+    verification = _compare(row.name, ranked.protocol, row.model_sha256, ranked.matrix[index], handle,
+                            ranked.suspect_features, seconds, ranked.settings)
+    if verification.verdict != "derived" or index >= ranked.first_read:
         return verification
     try:
-        stored = registry.load_entry(entry).features
+        stored = registry.load(row.name).features.to(torch.float64)
     except (RegistryError, FingerprintFormatError) as error:
-        logger.warning("skipping %s: %s", entry.name, error)
+        logger.warning("skipping %s: %s", row.name, error)
         return None
-    if not torch.equal(stored.to(torch.float64), features):
-        logger.warning("the registry's feature vector of %s differs from its file's; using the file's", entry.name)
-        return _compare(entry.name, candidate.protocol, entry.model_sha256, stored, handle,
-                        candidate.suspect_features, seconds)
-    return verification
+    if torch.equal(stored, ranked.matrix[index]):
+        return verification
+    logger.warning("the registry's feature vector of %s differs from its file's; using the file's", row.name)
+    return _compare(row.name, ranked.protocol, row.model_sha256, stored, handle, ranked.suspect_features, seconds,
+                    ranked.settings)
 
 
 def import_fingerprint(path: str | Path, name: str | None = None, registry: Registry | None = None) -> RegistryEntry:

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy
 import torch
@@ -48,6 +48,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "MIGRATIONS",
     "COLUMNS",
+    "IndexRow",
     "encode_features",
     "decode_features",
     "Row",
@@ -102,6 +103,28 @@ COLUMNS: tuple[str, ...] = (
     "scale", "channels", "file", "file_sha256", "created_at", "features",
 )
 """The columns of the ``fingerprints`` table, in the order of a :data:`Row`."""
+
+
+def check_columns(columns: Sequence[str]) -> Sequence[str]:
+    """Return ``columns`` if each is a column of the table, else raise; they are pasted into SQL."""
+    unknown = [column for column in columns if column not in COLUMNS]
+    if unknown:
+        raise InvalidInputError(f"invalid registry columns {unknown}: expected names from {list(COLUMNS)}")
+    return columns
+
+
+class IndexRow(NamedTuple):
+    """What identification needs of a registered fingerprint, without its file."""
+
+    name: str
+    protocol_json: str
+    model_sha256: str
+    scale: int
+    channels: int
+    features: str
+
+
+_INDEX_COLUMNS = IndexRow._fields
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM fingerprints"
 
@@ -260,8 +283,8 @@ class Database(Protocol):
     def fetch(self, name: str) -> Row | None:
         """Return the row called ``name``, or None."""
 
-    def fetch_all(self, task: str | None) -> list[Row]:
-        """Return every row, or those of one task, sorted by name."""
+    def fetch_all(self, task: str | None, columns: Sequence[str] = COLUMNS) -> list[Row]:
+        """Return every row, or those of one task, sorted by name; only ``columns``, in their order."""
 
     def delete(self, name: str) -> None:
         """Delete the row called ``name`` in one transaction."""
@@ -393,11 +416,12 @@ class SqliteDatabase:
             row: Row | None = connection.execute(f"{_SELECT} WHERE name = ?", (name,)).fetchone()
         return row
 
-    def fetch_all(self, task: str | None) -> list[Row]:
+    def fetch_all(self, task: str | None, columns: Sequence[str] = COLUMNS) -> list[Row]:
+        select = f"SELECT {', '.join(check_columns(columns))} FROM fingerprints"
         with self._connect(write=False) as connection:
             if task is None:
-                return connection.execute(f"{_SELECT} ORDER BY name").fetchall()
-            return connection.execute(f"{_SELECT} WHERE task = ? ORDER BY name", (task,)).fetchall()
+                return connection.execute(f"{select} ORDER BY name").fetchall()
+            return connection.execute(f"{select} WHERE task = ? ORDER BY name", (task,)).fetchall()
 
     def delete(self, name: str) -> None:
         with self._connect(write=True) as connection:
@@ -592,6 +616,14 @@ class Registry:
     def entries(self, task: str | None = None) -> list[RegistryEntry]:
         """Return all entries, or those of one task, sorted by name."""
         return [self._row_to_entry(row) for row in self._database.fetch_all(task)]
+
+    def index(self, task: str | None = None) -> list[IndexRow]:
+        """Return the columns identification ranks by, for every entry or those of one task, sorted by name.
+
+        One query and no file reads, so that ranking 100,000 fingerprints
+        costs a fraction of a second.
+        """
+        return [IndexRow(*row) for row in self._database.fetch_all(task, _INDEX_COLUMNS)]
 
     def _read_file(self, entry: RegistryEntry) -> tuple[Literal["ok", "missing", "altered"], bytes]:
         """Read an entry's file and compare it with the SHA-256 recorded at registration."""

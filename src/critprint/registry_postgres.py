@@ -12,10 +12,11 @@ Needs ``pip install 'critprint[postgres]'`` (SQLAlchemy and psycopg 3).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from critprint.errors import RegistryError
-from critprint.registry import COLUMNS, MIGRATIONS, SCHEMA_VERSION, Row, duplicate_name_error, newer_schema_error
+from critprint.registry import COLUMNS, MIGRATIONS, check_columns, SCHEMA_VERSION, Row, duplicate_name_error, newer_schema_error
 
 __all__ = ["PostgresDatabase"]
 
@@ -147,15 +148,15 @@ class PostgresDatabase:
         row = self._run(lambda connection: connection.execute(statement, {"name": name}).fetchone())
         return tuple(row) if row is not None else None
 
-    def fetch_all(self, task: str | None) -> list[Row]:
+    def fetch_all(self, task: str | None, columns: Sequence[str] = COLUMNS) -> list[Row]:
         from sqlalchemy import text
 
-        columns = ", ".join(_COLUMNS)
+        selected = ", ".join(check_columns(columns))
         if task is None:
-            statement = text(f"SELECT {columns} FROM fingerprints ORDER BY name COLLATE \"C\"")
+            statement = text(f"SELECT {selected} FROM fingerprints ORDER BY name COLLATE \"C\"")
             rows = self._run(lambda connection: connection.execute(statement).fetchall())
         else:
-            statement = text(f"SELECT {columns} FROM fingerprints WHERE task = :task ORDER BY name COLLATE \"C\"")
+            statement = text(f"SELECT {selected} FROM fingerprints WHERE task = :task ORDER BY name COLLATE \"C\"")
             rows = self._run(lambda connection: connection.execute(statement, {"task": task}).fetchall())
         return [tuple(row) for row in rows]
 
