@@ -329,15 +329,18 @@ def identify(
             ranked.append(_Ranked(protocol, protocol.to_dict(), features, kept, matrix,
                                   feature_distances(matrix, features), len(kept) - read))
 
-    # One global order over every group, without an object per registered fingerprint.
-    order = sorted(
-        ((distance, group, row) for group, item in enumerate(ranked) for row, distance in enumerate(item.distances.tolist())),
-    )
+    # One order over every group, sorted as arrays: no object per registered fingerprint.
+    sizes = [len(item.rows) for item in ranked]
+    distances = torch.cat([item.distances for item in ranked] or [torch.empty(0, dtype=torch.float64)])
+    group_of = torch.repeat_interleave(torch.arange(len(ranked)), torch.tensor(sizes, dtype=torch.long)).tolist()
+    first_of = [sum(sizes[:group]) for group in range(len(ranked))]
     results: list[Verification] = []
-    for _, group, row in order:
+    for position in torch.argsort(distances, stable=True).tolist():
         if top is not None and len(results) == top:
             break
-        verification = _verify_candidate(registry, handle, ranked[group], row, time.perf_counter() - start)
+        group = group_of[position]
+        verification = _verify_candidate(registry, handle, ranked[group], position - first_of[group],
+                                         time.perf_counter() - start)
         if verification is not None:
             results.append(verification)
     return results

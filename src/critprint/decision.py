@@ -9,6 +9,7 @@ P[Z <= z] < alpha, that is when d < eta = chi2.ppf(alpha, L) * sigma_h^2 / L.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -60,8 +61,9 @@ def feature_distance(h_source: torch.Tensor, h_suspect: torch.Tensor) -> float:
     return float(difference.pow(2).sum() / difference.numel())
 
 
+@functools.lru_cache(maxsize=64)
 def threshold(length: int, alpha: float = 0.05, sigma_h: float = 0.015) -> float:
-    """Return eta = chi2.ppf(alpha, L) * sigma_h^2 / L.
+    """Return eta = chi2.ppf(alpha, L) * sigma_h^2 / L, cached: identification asks for it once per result.
 
     Example:
         >>> round(threshold(30), 7)
