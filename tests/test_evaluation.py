@@ -96,7 +96,7 @@ def test_full_plan_other_task_attacks() -> None:
     assert plan.attacks_for(task) == ("prune", "quantize")
     assert plan.all_attacks == ("prune", "quantize")
     assert plan.to_dict()["tasks"][0]["attacks"] == ["prune", "quantize"]
-    assert count_jobs(plan) == 6 + 3 * (3 + 6 + 1) + 2 * (3 + 1)
+    assert count_jobs(plan) == 6 + 3 * (3 + 6 + 1) + 2 * (3 + 1) + 2  # calibrated and query: one job each
     full = get_plan("full")
     assert {task.task for task in full.tasks} == {"denoise", "sr", "deblur", "lowlight", "derain", "jpeg"}
     assert full.attacks_for(full.tasks[0]) == full.attacks

@@ -325,8 +325,14 @@ class Calibration:
 
 
 def calibration_key(protocol: Protocol, probes: ProbeSettings) -> str:
-    """Return 16 hex digits of SHA-256 over the full protocol and the probe settings."""
-    text = json.dumps({"protocol": protocol.resolved().to_dict(), "probes": probes.to_dict()}, sort_keys=True)
+    """Return 16 hex digits of SHA-256 over every protocol field but its name, and the probe settings.
+
+    The name is a label: a preset and a custom protocol with the same numbers
+    describe the same extraction and share a calibration.
+    """
+    fields = protocol.resolved().to_dict()
+    fields.pop("name", None)
+    text = json.dumps({"protocol": fields, "probes": probes.to_dict()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

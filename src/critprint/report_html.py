@@ -100,7 +100,7 @@ def _histogram_svg(source: torch.Tensor, suspect: torch.Tensor, colour_bins: int
     width, height, margin = 720, 220, 30
     slot = (width - 2 * margin) / (count + 1)
     top = max(max(values_a), max(values_b), 1e-9)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}" role="img" '
+    parts = [f'<svg width="{width}" height="{height + 40}" role="img" '
              f'aria-label="feature histograms">']
     parts.append(f'<line x1="{margin}" y1="{height}" x2="{width - margin}" y2="{height}" stroke="#444"/>')
     for index, (a, b) in enumerate(zip(values_a, values_b, strict=True)):
@@ -136,7 +136,7 @@ def _null_svg(values: Sequence[float], observed: float, lines: Sequence[tuple[st
     def x_of(value: float) -> float:
         return margin + (width - 2 * margin) * (value - low) / (high - low)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 50}" role="img" '
+    parts = [f'<svg width="{width}" height="{height + 50}" role="img" '
              f'aria-label="null distribution of {_e(label)}">']
     for count, start, stop in zip(counts, bins[:-1], bins[1:], strict=True):
         bar = (height - 30) * count / top
