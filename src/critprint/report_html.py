@@ -93,25 +93,30 @@ def _num(value: float | None) -> str:
 
 
 def _histogram_svg(source: torch.Tensor, suspect: torch.Tensor, colour_bins: int, lgp_label: str) -> str:
-    """Grouped bars of the two feature vectors; a gap separates colour bins from LGP bins."""
+    """Return grouped bars of the two feature vectors as SVG; a gap separates colour bins from LGP bins.
+
+    Each group is scaled to its own largest bin, because one LGP bin often
+    holds most of the pixels and would flatten every other bar.
+    """
     values_a = source.double().tolist()
     values_b = suspect.double().tolist()
     count = len(values_a)
     width, height, margin = 720, 220, 30
     slot = (width - 2 * margin) / (count + 1)
-    top = max(max(values_a), max(values_b), 1e-9)
+    tops = [max(*values_a[:colour_bins], *values_b[:colour_bins], 1e-9),
+            max(*values_a[colour_bins:], *values_b[colour_bins:], 1e-9)]
     parts = [f'<svg width="{width}" height="{height + 40}" role="img" '
              f'aria-label="feature histograms">']
     parts.append(f'<line x1="{margin}" y1="{height}" x2="{width - margin}" y2="{height}" stroke="#444"/>')
     for index, (a, b) in enumerate(zip(values_a, values_b, strict=True)):
         x = margin + slot * (index + (1 if index >= colour_bins else 0))
         for offset, value, colour in ((0.05, a, _SOURCE_COLOUR), (0.5, b, _SUSPECT_COLOUR)):
-            bar = (height - 20) * value / top
+            bar = (height - 20) * value / tops[0 if index < colour_bins else 1]
             parts.append(f'<rect x="{x + offset * slot:.1f}" y="{height - bar:.1f}" width="{0.42 * slot:.1f}" '
                          f'height="{bar:.1f}" fill="{colour}"><title>bin {index}: {value:.4f}</title></rect>')
     middle = margin + slot * (colour_bins + 0.5)
     parts.append(f'<line x1="{middle:.1f}" y1="10" x2="{middle:.1f}" y2="{height}" stroke="#999" stroke-dasharray="4"/>')
-    parts.append(f'<text x="{margin}" y="{height + 18}" font-size="12">colour bins (4 per channel)</text>')
+    parts.append(f'<text x="{margin}" y="{height + 18}" font-size="12">colour bins ({colour_bins} in all)</text>')
     parts.append(f'<text x="{middle + 6:.1f}" y="{height + 18}" font-size="12">{_e(lgp_label)}</text>')
     parts.append(f'<rect x="{width - 220}" y="{height + 26}" width="10" height="10" fill="{_SOURCE_COLOUR}"/>'
                  f'<text x="{width - 205}" y="{height + 35}" font-size="12">source</text>'
@@ -122,7 +127,7 @@ def _histogram_svg(source: torch.Tensor, suspect: torch.Tensor, colour_bins: int
 
 
 def _null_svg(values: Sequence[float], observed: float, lines: Sequence[tuple[str, float, str]], label: str) -> str:
-    """Histogram of log10 of a null sample with the observed value and thresholds as vertical lines."""
+    """Return a histogram of log10 of a null sample as SVG, with the observed value and thresholds as vertical lines."""
     logs = np.log10(np.maximum(np.asarray(values, dtype=np.float64), 1e-12))
     marks = [observed] + [value for _, value, _ in lines]
     mark_logs = [math.log10(max(value, 1e-12)) for value in marks]
