@@ -161,11 +161,11 @@ def empirical_p_value(values: Sequence[float], statistic: float) -> float:
 
 
 def implied_sigma_h(eta: float, length: int, alpha: float = 0.05) -> float:
-    """Return the per-bin error sigma_h at which the paper's rule would give the threshold ``eta``.
+    """Return the per-bin error sigma_h at which the chi-squared rule would give the threshold ``eta``.
 
-    The paper's threshold is chi2.ppf(alpha, L) * sigma_h^2 / L; this
-    inverts it, so a calibrated threshold can be read on the same scale as
-    the paper's sigma_h = 0.015.
+    The threshold of "Fingerprinting Deep Image Restoration Models" is chi2.ppf(alpha, L) * sigma_h^2 / L. This
+    function inverts it, so a calibrated threshold can be read on the same
+    scale as that paper's sigma_h = 0.015.
 
     Example:
         >>> round(implied_sigma_h(threshold(30), 30), 6)
@@ -269,7 +269,7 @@ class Calibration:
         return calibrated_decision(self.values(statistic), value, fpr, statistic)
 
     def summary(self, fpr: float) -> dict[str, Any]:
-        """Return the thresholds of both statistics and the paper's sigma_h beside the measured spread."""
+        """Return the thresholds of both statistics, and the assumed sigma_h beside the spread they imply."""
         d_limit = null_threshold(self.d_null, fpr, "d")
         alpha = float(self.protocol.get("alpha", 0.05))
         sigma_h = float(self.protocol.get("sigma_h", 0.015))

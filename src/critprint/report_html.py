@@ -96,7 +96,7 @@ def _histogram_svg(source: torch.Tensor, suspect: torch.Tensor, colour_bins: int
     """Return grouped bars of the two feature vectors as SVG; a gap separates colour bins from LGP bins.
 
     Each group is scaled to its own largest bin, because one LGP bin often
-    holds most of the pixels and would flatten every other bar.
+    contains most of the pixels and would flatten every other bar.
     """
     values_a = source.double().tolist()
     values_b = suspect.double().tolist()

@@ -1,4 +1,4 @@
-"""Verdicts beyond the paper's rule: the calibrated rule and query-only verification.
+"""Verdicts beyond the chi-squared rule of "Fingerprinting Deep Image Restoration Models": calibrated and query-only.
 
 :func:`verify_query` decides from a suspect's outputs alone (no gradients):
 it shows the suspect the probes made from the source's critical image and
@@ -85,7 +85,7 @@ class QueryVerification:
 def _stored_probes(source: Fingerprint, source_name: str) -> tuple[ProbeSettings, torch.Tensor]:
     if source.probe_outputs is None or source.probe_settings is None:
         raise InvalidInputError(
-            f"fingerprint {source_name} holds no query probe outputs (made before query-only verification); "
+            f"fingerprint {source_name} contains no query probe outputs (made before query-only verification); "
             "register the source model again"
         )
     return ProbeSettings.from_dict(source.probe_settings), source.probe_outputs
@@ -119,7 +119,7 @@ def verify_query(
     settings, source_outputs = _stored_probes(source, source_name)
     if not calibration.q_null:
         raise InvalidInputError(
-            "the calibration holds no query-only null sample; make it with critprint calibrate (reference models "
+            "the calibration contains no query-only null sample; make it with critprint calibrate (reference models "
             "loaded, not fingerprint files only)"
         )
     protocol = source.protocol
@@ -153,5 +153,5 @@ def verify_query(
 
 
 def calibrated_verdict(verification: Verification, calibration: Calibration, fpr: float = 0.01) -> CalibratedDecision:
-    """Decide a white-box verification with the calibration's null sample of d instead of the paper's eta."""
+    """Decide a white-box verification with the calibration's null sample of d instead of the chi-squared eta."""
     return calibration.decide("d", verification.distance, fpr)

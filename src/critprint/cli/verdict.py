@@ -2,7 +2,7 @@
 
 :func:`register_commands` adds ``calibrate`` and ``report`` to the app;
 :func:`verify_beyond_paper` runs the parts of ``verify`` that go beyond the
-paper's rule.
+chi-squared rule (``--rule calibrated``, ``--query-only``).
 """
 
 from __future__ import annotations
