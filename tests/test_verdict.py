@@ -67,6 +67,18 @@ def test_fitted_threshold_is_lognormal_quantile() -> None:
     assert result.log10_std == pytest.approx(1.0)
     assert result.fitted == pytest.approx(10 ** (-3.0 - 2.3263478740408408))
     assert result.threshold == min(result.empirical, result.fitted)
+    assert not result.resolved
+
+
+def test_large_sample_uses_empirical_quantile() -> None:
+    # 200 values at 1 % resolve the rate: the third smallest is the threshold even though the fit lies lower.
+    values = [1.0, 2.0] + [100.0 + k for k in range(198)]
+    result = null_threshold(values, 0.01)
+    assert result.resolved
+    assert result.empirical == 100.0
+    assert result.fitted is not None
+    assert result.fitted < result.empirical
+    assert result.threshold == 100.0
 
 
 def test_p_value_counts_ties_and_adds_one() -> None:

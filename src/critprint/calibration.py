@@ -12,11 +12,13 @@ false-positive rate (FPR):
 - ``q``: the query-only output distance (:mod:`critprint.query`), over
   ordered pairs (the probes come from the first model's critical image).
 
-With n null values the empirical FPR quantile is coarse: below 1 / n it is
-the smallest value. So two estimates are kept: the empirical quantile, and
-the quantile of a normal law fitted to log10 of the values (a log-normal
-tail). The threshold used is the smaller of the two, the more cautious one;
-both are reported with n. The p-value of a statistic x is reported both ways:
+With n null values the empirical FPR quantile resolves the rate only when
+FPR * n >= 1; below that it is just the smallest value. So two estimates are
+kept: the empirical quantile, and the quantile of a normal law fitted to
+log10 of the values (a log-normal tail). The threshold is the empirical
+quantile when the sample resolves the rate, and otherwise the smaller of the
+two, so that no reference pair of a small sample is judged derived. Both are
+reported with n. The p-value of a statistic x is reported both ways:
 (1 + #{null <= x}) / (n + 1), and the fitted normal's lower tail.
 
 A calibration is a small JSON record keyed by the full protocol and the probe
@@ -95,7 +97,10 @@ class NullThreshold:
             smallest null value, so at most fpr * n null values lie below it.
         fitted: The fpr quantile of a normal law fitted to log10 of the null
             values; None with fewer than 3 values.
-        threshold: The smaller of the two; a suspect is derived below it.
+        threshold: ``empirical`` when fpr * n >= 1, else the smaller of the
+            two; a suspect is derived below it.
+        resolved: Whether fpr * n >= 1, so the empirical quantile alone sets
+            the threshold.
         log10_mean: Mean of log10 of the null values.
         log10_std: Standard deviation (n - 1) of log10 of the null values.
     """
@@ -108,6 +113,7 @@ class NullThreshold:
     threshold: float
     log10_mean: float
     log10_std: float
+    resolved: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the threshold as a JSON-compatible dictionary."""
@@ -144,9 +150,11 @@ def null_threshold(values: Sequence[float], fpr: float, statistic: str = "d") ->
     mean = float(logs.mean())
     std = float(logs.std(ddof=1)) if logs.size > 1 else 0.0
     fitted = float(10 ** (mean + std * norm.ppf(fpr))) if logs.size >= 3 else None
-    chosen = empirical if fitted is None else min(empirical, fitted)
+    # A small epsilon keeps 0.01 * 100 from falling just below 1 in floating point.
+    resolved = fpr * ordered.size >= 1.0 - 1e-9
+    chosen = empirical if resolved or fitted is None else min(empirical, fitted)
     return NullThreshold(statistic=statistic, fpr=fpr, n=int(ordered.size), empirical=empirical, fitted=fitted,
-                         threshold=chosen, log10_mean=mean, log10_std=std)
+                         threshold=chosen, log10_mean=mean, log10_std=std, resolved=resolved)
 
 
 def empirical_p_value(values: Sequence[float], statistic: float) -> float:
