@@ -359,3 +359,32 @@ def test_cli_missing_calibration_is_one_line(tmp_path: Path, model_dir: Path) ->
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
     assert "run critprint calibrate" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["calibrate"], "exactly one of --against NAME, --fingerprint FILE or --task TASK"),
+        (["calibrate", "--task", "denoise", "--against", "a"], "exactly one of"),
+        (["calibrate", "--task", "denoise", "--fpr", "0"], "invalid --fpr"),
+        (["report", "zoo:dncnn", "--out", "r.html"], "exactly one of --against NAME or --fingerprint FILE"),
+    ],
+)
+def test_cli_new_commands_usage_errors(arguments: list[str], message: str) -> None:
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_cli_calibrate_needs_two_references(model_dir: Path) -> None:
+    result = runner.invoke(app, ["calibrate", "--task", "denoise", "--reference",
+                                 str(model_dir / "denoiser_a.safetensors")])
+    assert result.exit_code == 1
+    assert "at least two independent reference models, got 1" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_cli_calibrate_rejects_unknown_task() -> None:
+    result = runner.invoke(app, ["calibrate", "--task", "inpaint"])
+    assert result.exit_code == 1
+    assert "invalid task 'inpaint'" in result.stderr

@@ -231,6 +231,11 @@ def calibrate(
             _, source = _load_source(against, fingerprint, registry)
             chosen, channels, probes = source.protocol, source.model.input_channels, _probe_settings(source)
         models: list[str] = list(references) if references else zoo_references(chosen.task, chosen.scale, channels)
+        if references and len(models) < 2:
+            raise InvalidInputError(
+                f"a calibration needs at least two independent reference models, got {len(models)}; "
+                "add --reference MODEL"
+            )
         if len(models) < 2:
             raise InvalidInputError(
                 f"no bundled reference models for task {chosen.task} at scale {chosen.scale}; pass two or more "
