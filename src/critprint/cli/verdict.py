@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -147,7 +148,7 @@ def verify_beyond_paper(
     query_only: bool,
     query_command: str | None,
     query_timeout: float,
-    load: Any,
+    load: Callable[[str], ModelHandle],
     allow_custom: bool,
     json_output: bool,
     quiet: bool,
