@@ -115,7 +115,7 @@ def test_full_plan_other_task_attacks() -> None:
     assert plan.attacks_for(task) == ("prune", "quantize")
     assert plan.all_attacks == ("prune", "quantize")
     assert plan.to_dict()["tasks"][0]["attacks"] == ["prune", "quantize"]
-    assert count_jobs(plan) == 6 + 3 * (3 + 6 + 1) + 2 * (3 + 1)
+    assert count_jobs(plan) == 6 + 3 * (3 + 6 + 1) + 2 * (3 + 1) + 2  # calibrated and query: one job each
     full = get_plan("full")
     assert {task.task for task in full.tasks} == {"denoise", "sr", "deblur", "lowlight", "derain", "jpeg"}
     assert full.attacks_for(full.tasks[0]) == full.attacks
@@ -157,6 +157,21 @@ def test_quick_bench_writes_the_summary(quick_bench: tuple[Path, dict, float]) -
     report = (out / "report.md").read_text()
     assert "### Robustness" in report
     assert "TPR at 1 % FPR" in report
+    assert "### Paper rule, calibrated rule and query-only" in report
+
+
+def test_quick_bench_scores_calibrated_and_query(quick_bench: tuple[Path, dict, float]) -> None:
+    out, summary, _ = quick_bench
+    for task, task_summary in summary["tasks"].items():
+        methods = task_summary["methods"]
+        # -log10 d orders the pairs as -log10(d / eta) does, so the ROC is the same.
+        assert methods["calibrated"]["auc"] == pytest.approx(methods["critprint"]["auc"])
+        assert set(methods["query"]["per_attack"]) == {"prune", "finetune", "quantize"}
+        calibration = json.loads((out / task / "calibration.json").read_text())
+        assert len(calibration["d_null"]) == 3
+        assert len(calibration["q_null"]) == 6
+        assert task_summary["calibration"]["d"]["n"] == 3
+        assert set(task_summary["sigma_h_of_attacked_copies"]) == {"prune", "finetune", "quantize"}
 
 
 def test_quick_bench_pairs_agree_with_the_summary(quick_bench: tuple[Path, dict, float]) -> None:

@@ -21,6 +21,7 @@ import logging
 __version__ = "0.1.0"
 
 from critprint.api import Verification, fingerprint_model, identify, register, verify, verify_registered
+from critprint.calibration import Calibration, calibrate_references, load_calibration, save_calibration
 from critprint.decision import Decision, decide, feature_distance, threshold
 from critprint.errors import (
     CritprintError,
@@ -37,12 +38,15 @@ from critprint.features import colour_histogram, feature_vector, lgp_codes, lgp_
 from critprint.fingerprint import Fingerprint, ModelIdentity, load_fingerprint, save_fingerprint
 from critprint.models import ModelHandle, load_model
 from critprint.protocol import FeatureSettings, Protocol, get_protocol
+from critprint.query import ProbeSettings, command_query, model_query
 from critprint.registry import Registry, RegistryEntry
+from critprint.verdict import QueryVerification, calibrated_verdict, verify_query
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__",
+    "Calibration",
     "CritprintError",
     "Decision",
     "DuplicateNameError",
@@ -56,12 +60,17 @@ __all__ = [
     "ModelIdentity",
     "ModelLoadError",
     "NameNotFoundError",
+    "ProbeSettings",
     "Protocol",
+    "QueryVerification",
     "Registry",
     "RegistryEntry",
     "RegistryError",
     "Verification",
+    "calibrate_references",
+    "calibrated_verdict",
     "colour_histogram",
+    "command_query",
     "decide",
     "extract_critical_image",
     "feature_distance",
@@ -71,11 +80,15 @@ __all__ = [
     "identify",
     "lgp_codes",
     "lgp_histogram",
+    "load_calibration",
     "load_fingerprint",
     "load_model",
+    "model_query",
     "register",
+    "save_calibration",
     "save_fingerprint",
     "threshold",
     "verify",
+    "verify_query",
     "verify_registered",
 ]

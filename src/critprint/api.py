@@ -22,6 +22,7 @@ from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint, ModelIdentity, now_utc, software_versions
 from critprint.models import ModelHandle, infer_task, load_model
 from critprint.protocol import Protocol, get_protocol
+from critprint.query import ProbeSettings, model_query, probe_inputs, run_queries
 from critprint.registry import IndexRow, Registry, RegistryEntry, decode_features
 from critprint.userimport import first_line
 
@@ -31,6 +32,7 @@ __all__ = [
     "fingerprint_model",
     "register",
     "verify",
+    "verify_detailed",
     "verify_registered",
     "identify",
     "import_fingerprint",
@@ -138,10 +140,17 @@ def fingerprint_model(
             model states it.
         progress: Optional ``callback(step, total, loss)``.
         runtime: Device and precision of the extraction; the CPU in float32 if None.
+
+    The record also holds the model's outputs on the query probes made from
+    its critical image with the default :class:`ProbeSettings`, for
+    query-only verification.
     """
     handle = _as_handle(model)
     resolved = resolve_protocol(handle, protocol, task)
     result = extract_critical_image(handle, resolved, progress, runtime)
+    probes = ProbeSettings()
+    outputs = run_queries(model_query(handle, resolved), probe_inputs(result.critical_image, resolved, probes),
+                          handle.scale)
     return Fingerprint(
         critical_image=result.critical_image,
         features=feature_vector(result.critical_image, resolved.features),
@@ -151,6 +160,8 @@ def fingerprint_model(
         created_at=now_utc(),
         loss=result.loss,
         seconds=result.seconds,
+        probe_outputs=outputs,
+        probe_settings=probes.to_dict(),
     )
 
 
@@ -263,16 +274,32 @@ def verify(
         InvalidInputError: If the fingerprint uses a custom degradation and
             ``allow_custom`` is false.
     """
+    return verify_detailed(suspect, source, source_name, progress, allow_custom, runtime)[0]
+
+
+def verify_detailed(
+    suspect: ModelSpec,
+    source: Fingerprint,
+    source_name: str = "fingerprint",
+    progress: ProgressCallback | None = None,
+    allow_custom: bool = False,
+    runtime: Runtime | None = None,
+) -> tuple[Verification, torch.Tensor, torch.Tensor]:
+    """Run :func:`verify` and also return the suspect's critical image (C, H, W) and features (L,).
+
+    The evidence report shows them beside the source's.
+    """
     start = time.perf_counter()
     check_custom_allowed(source.protocol, source_name, allow_custom)
     handle = _as_handle(suspect)
     _check_suspect(source, handle)
     result = extract_critical_image(handle, source.protocol, progress, runtime)
     features = feature_vector(result.critical_image, source.protocol.features)
-    return _compare(
+    verification = _compare(
         source_name, source.protocol, source.model.sha256, source.features, handle, features,
         time.perf_counter() - start,
     )
+    return verification, result.critical_image, features
 
 
 def verify_registered(

@@ -2,9 +2,15 @@
 
 A fingerprint file is a safetensors file with two tensors: ``critical_image``
 (float32, shape (C, H, W), values in [0, 1]) and ``features`` (float64, shape
-(L,)). Its metadata key ``critprint`` contains a JSON object with the format
-version, the full protocol (seed included), the model's identity, the software
-versions, the creation time and the registered name. Files are written to a temporary name
+(L,)), and, in files made since query-only verification exists, a third,
+``probe_outputs`` (float32, shape (K, C, H, W), values k / 255): the source
+model's outputs on the K query probes (:mod:`critprint.query`). Its metadata
+key ``critprint`` contains a JSON object with the format version, the full
+protocol (seed included), the model's identity, the software versions, the
+creation time, the registered name and, with ``probe_outputs``, the probe
+settings under ``probes``. The format version stays 1: the extra tensor and
+key are optional, so older files load here and newer files load in older
+releases. Files are written to a temporary name
 and renamed, so a reader never sees half a file.
 """
 
@@ -71,6 +77,11 @@ class Fingerprint:
         loss: Final objective value.
         seconds: Extraction time.
         name: The name it was registered under, or "" before registration.
+        probe_outputs: float32 CPU tensor (K, C, H, W) in [0, 1], the source
+            model's 8-bit outputs on the query probes, or None in files made
+            before query-only verification.
+        probe_settings: The settings the probes were made with
+            (:class:`critprint.query.ProbeSettings` as a dictionary), or None.
     """
 
     critical_image: torch.Tensor
@@ -82,6 +93,8 @@ class Fingerprint:
     loss: float = float("nan")
     seconds: float = 0.0
     name: str = ""
+    probe_outputs: torch.Tensor | None = None
+    probe_settings: dict[str, Any] | None = None
 
     @property
     def task(self) -> str:
@@ -100,7 +113,7 @@ class Fingerprint:
             "loss": self.loss,
             "seconds": self.seconds,
             "name": self.name,
-        }
+        } | ({"probes": self.probe_settings} if self.probe_outputs is not None else {})
 
 
 def software_versions() -> dict[str, str]:
@@ -154,6 +167,8 @@ def fingerprint_bytes(fingerprint: Fingerprint) -> bytes:
         "critical_image": fingerprint.critical_image.detach().to("cpu", torch.float32).contiguous(),
         "features": fingerprint.features.detach().to("cpu", torch.float64).contiguous(),
     }
+    if fingerprint.probe_outputs is not None:
+        tensors["probe_outputs"] = fingerprint.probe_outputs.detach().to("cpu", torch.float32).contiguous()
     metadata = {"critprint": json.dumps(fingerprint.metadata(), sort_keys=True)}
     return save(tensors, metadata=metadata)
 
@@ -199,6 +214,8 @@ def fingerprint_from_bytes(data: bytes, label: str = "<bytes>") -> Fingerprint:
             loss=float(meta.get("loss", float("nan"))),
             seconds=float(meta.get("seconds", 0.0)),
             name=str(meta.get("name", "")),
+            probe_outputs=tensors.get("probe_outputs"),
+            probe_settings=dict(meta["probes"]) if "probe_outputs" in tensors else None,
         )
     except FingerprintFormatError:
         raise

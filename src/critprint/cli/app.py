@@ -20,6 +20,7 @@ from rich.table import Table
 
 from critprint import __version__, api, zoo
 from critprint.checks import check_choice
+from critprint.cli import verdict as verdict_cli
 from critprint.cli.output import (
     ExtractionProgress,
     JobProgress,
@@ -61,6 +62,7 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="List the models bundled with critprint.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(zoo_app, name="zoo")
+verdict_cli.register_commands(app)
 
 
 _TASK_HELP = ", ".join(TASKS)
@@ -264,6 +266,12 @@ def verify(
     device: DeviceOption = "cpu",
     autocast: AutocastOption = "none",
     registry: RegistryOption = None,
+    rule: verdict_cli.RuleOption = "paper",
+    fpr: verdict_cli.FprOption = 0.01,
+    calibration: verdict_cli.CalibrationOption = None,
+    query_only: verdict_cli.QueryOnlyOption = False,
+    query_command: verdict_cli.QueryCommandOption = None,
+    query_timeout: verdict_cli.QueryTimeoutOption = 60.0,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
@@ -276,6 +284,14 @@ def verify(
     if (against is None) == (fingerprint is None):
         usage_error("pass exactly one of --against NAME or --fingerprint FILE")
     architecture = _arch_arguments(arch, arch_kwargs)
+    if rule != "paper" or query_only or query_command is not None:
+        verdict_cli.verify_beyond_paper(
+            suspect=suspect, against=against, fingerprint=fingerprint, registry=registry, rule=rule, fpr=fpr,
+            calibration=calibration, query_only=query_only, query_command=query_command, query_timeout=query_timeout,
+            load=lambda model: _load(model, torchscript, architecture), allow_custom=allow_custom,
+            json_output=json_output, quiet=quiet, debug=debug,
+        )
+        return
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         runtime = _runtime(device, autocast)
         if fingerprint is not None:

@@ -17,16 +17,23 @@ from critprint import zoo
 from critprint.checks import check_choice
 from critprint.errors import InvalidInputError
 
-__all__ = ["METHODS", "ATTACK_NAMES", "OTHER_TASK_ATTACKS", "TaskPlan", "BenchPlan", "get_plan", "PLANS"]
+__all__ = ["METHODS", "DERIVED_METHODS", "ATTACK_NAMES", "OTHER_TASK_ATTACKS", "TaskPlan", "BenchPlan", "get_plan", "PLANS"]
 
-METHODS: Final[tuple[str, ...]] = ("critprint", "maxobj", "no-tv", "projcl", "poolcl")
+METHODS: Final[tuple[str, ...]] = ("critprint", "calibrated", "query", "maxobj", "no-tv", "projcl", "poolcl")
 """Fingerprinting methods a benchmark compares.
 
-``critprint`` is the method. ``maxobj`` and ``no-tv`` are the ablations of
+``critprint`` is the method with the paper's threshold. ``calibrated`` is the
+same distance judged with a threshold measured on independent models, and
+``query`` the query-only verification (the suspect's outputs on probes made
+from the source's critical image); both reuse ``critprint``'s critical
+images. ``maxobj`` and ``no-tv`` are the ablations of
 "Fingerprinting Deep Image Restoration Models" (the objective maximised, and lambda = 0), and
 ``projcl`` and ``poolcl`` its baselines (IPGuard after a random projection of
 the output, or after pooling it to 10 x 10).
 """
+
+DERIVED_METHODS: Final[tuple[str, ...]] = ("calibrated", "query")
+"""Methods computed from ``critprint``'s critical images, without extractions of their own."""
 
 ATTACK_NAMES: Final[tuple[str, ...]] = (
     "prune", "finetune", "quantize", "weight-noise", "half", "channel-prune", "distill",
@@ -106,11 +113,13 @@ class BenchPlan:
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations < 1:
             raise InvalidInputError(f"invalid iterations {self.iterations!r}: expected an integer >= 1")
-        for method in self.methods:
-            check_choice("method", method, METHODS)
         for task in self.tasks:
             for attack in self.attacks_for(task):
                 check_choice("attack", attack, ATTACK_NAMES)
+        for method in self.methods:
+            check_choice("method", method, METHODS)
+        if any(method in DERIVED_METHODS for method in self.methods) and "critprint" not in self.methods:
+            raise InvalidInputError("methods calibrated and query reuse critprint's critical images; add critprint")
 
     def attacks_for(self, task: TaskPlan) -> tuple[str, ...]:
         """Return the attacks run on one task's sources: the task's own list, else the plan's."""

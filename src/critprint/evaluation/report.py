@@ -31,6 +31,8 @@ __all__ = ["summarise_task", "ratio_matrix", "heatmap", "montage", "render_markd
 
 _METHOD_LABELS = {
     "critprint": "critprint",
+    "calibrated": "critprint, calibrated",
+    "query": "query-only",
     "maxobj": "MaxObj",
     "no-tv": "w/o TV",
     "projcl": "ProjCL",
@@ -72,15 +74,28 @@ def summarise_task(run: TaskRun, plan: BenchPlan) -> dict[str, Any]:
         entry["min_offdiag_ratio"] = _min_offdiag(ratio_matrix(run, method, run.plan.sources))
         hard = run.plan.hard_negatives
         entry["min_hard_negative_ratio"] = _min_offdiag(ratio_matrix(run, method, hard)) if hard else None
+        entry["per_attack"] = {}
+        for attack in plan.attacks_for(run.plan):
+            attacked = [p.score for p in positives if p.attack == attack]
+            if attacked and negatives:
+                roc = summarise_roc(attacked, [p.score for p in negatives], plan.fpr)
+                entry["per_attack"][attack] = {"auc": roc.auc, "tpr_at_1pct_fpr": roc.tpr_at_fpr}
         if method in run.thresholds:
             entry["match_rate_threshold"] = run.thresholds[method]
         entry["false_positives"] = [
             {"source": p.source, "suspect": p.suspect, "ratio": p.ratio} for p in negatives if p.derived
         ]
         methods[method] = entry
+    spread = {}
+    for attack in plan.attacks_for(run.plan):
+        distances = [p.value for p in _pairs(run, "calibrated", "positive") if p.attack == attack]
+        if distances:
+            spread[attack] = math.sqrt(sum(distances) / len(distances))
     return {
         "sources": list(run.plan.sources),
         "hard_negatives": list(run.plan.hard_negatives),
+        "calibration": run.calibration or None,
+        "sigma_h_of_attacked_copies": spread,
         "attack_names": list(plan.attacks_for(run.plan)),
         "seconds": round(sum(run.seconds.values()), 1),
         "methods": methods,
@@ -232,12 +247,58 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
                          "false-positive rate", "positives", "negatives"], rows)
         if "critprint" in methods:
             lines += ["", *_false_positive_lines(task_summary["methods"]["critprint"])]
+        lines += _rule_lines(run, plan, task_summary)
         lines += ["", f"![{task} critical images]({task}/montage.png)", "",
                   "Montage rows: " + ", ".join(run.plan.sources) + "; columns: the source, then "
                   + ", ".join(attacks) + ".", ""]
         if run.failures:
             lines += ["### Failures", ""] + [f"- {item['job']}: {item['error']}" for item in run.failures] + [""]
     return "\n".join(lines)
+
+
+_RULES = ("critprint", "calibrated", "query")
+
+
+def _rule_lines(run: TaskRun, plan: BenchPlan, task_summary: dict[str, Any]) -> list[str]:
+    """Compare the paper rule, the calibrated rule and query-only: ROC per attack and the rules' error rates."""
+    rules = [rule for rule in _RULES if rule in plan.methods]
+    if len(rules) < 2:
+        return []
+    methods = task_summary["methods"]
+    lines = ["", "### Paper rule, calibrated rule and query-only", "",
+             f"AUC and TPR at {plan.fpr:g} FPR of each attack's copies against all {methods[rules[0]]['negatives']} "
+             "negative pairs; the last two columns are the rates of the rule's own threshold (paper: d < eta; "
+             "calibrated and query-only: below the FPR quantile of the other independent pairs).", ""]
+    rows = []
+    for rule in rules:
+        entry = methods[rule]
+        for attack in plan.attacks_for(run.plan):
+            cell = entry["per_attack"].get(attack)
+            rows.append([_METHOD_LABELS[rule], attack, _number(cell["auc"] if cell else None),
+                         _number(cell["tpr_at_1pct_fpr"] if cell else None), _fraction(run, rule, attack), ""])
+        rows.append([_METHOD_LABELS[rule], "all", _number(entry["auc"]), _number(entry["tpr_at_1pct_fpr"]),
+                     f"{sum(p.derived for p in _pairs(run, rule, 'positive'))}/{entry['positives']}",
+                     _number(entry["false_positive_rate"])])
+    lines += _table(["rule", "attack", "AUC", "TPR at 1 % FPR", "judged derived", "false-positive rate"], rows)
+    calibration = task_summary.get("calibration")
+    if calibration:
+        d = calibration["d"]
+        lines += ["", f"Null sample of d: {d['n']} pairs of independent references. Threshold at FPR {plan.fpr:g}: "
+                  f"{_number(d['threshold'])} (empirical {_number(d['empirical'])}, log-normal fit "
+                  f"{_number(d['fitted'])}); the paper's eta is {_number(calibration['paper_eta'])}. In the paper's "
+                  f"terms the calibrated threshold is sigma_h = {_number(calibration['sigma_h_of_calibrated_threshold'])}"
+                  f" and the median independent pair sigma_h = {_number(calibration['sigma_h_of_median_null'])}, "
+                  f"against the assumed {_number(calibration['paper_sigma_h'])}."]
+        spread = task_summary.get("sigma_h_of_attacked_copies") or {}
+        if spread:
+            lines += ["", "sqrt(mean d) of the attacked copies (the per-bin error the paper models as sigma_h): "
+                      + ", ".join(f"{attack} {_number(value)}" for attack, value in spread.items()) + "."]
+        if calibration.get("q"):
+            q = calibration["q"]
+            lines += ["", f"Null sample of q: {q['n']} ordered pairs. Threshold at FPR {plan.fpr:g}: "
+                      f"{_number(q['threshold'])} (empirical {_number(q['empirical'])}, log-normal fit "
+                      f"{_number(q['fitted'])})."]
+    return lines
 
 
 def _false_positive_lines(entry: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,14 @@ from critprint import zoo
 from critprint.api import fingerprint_model
 from critprint.attacks import RestorationTask, run_attack
 from critprint.baselines import IPGuardFingerprint, IPGuardSettings, ipguard_fingerprint, match_rate
-from critprint.decision import decide
+from critprint.calibration import Calibration, calibration_from_fingerprints, calibrated_decision, save_calibration
+from critprint.decision import decide, feature_distance
 from critprint.errors import CritprintError, FingerprintFormatError
-from critprint.evaluation.plan import BenchPlan, TaskPlan
+from critprint.evaluation.plan import DERIVED_METHODS, BenchPlan, TaskPlan
 from critprint.fingerprint import Fingerprint, atomic_write_bytes, load_fingerprint, save_fingerprint
 from critprint.models import ModelHandle, load_model, read_state_dict, save_state_dict
 from critprint.protocol import Protocol, get_protocol
+from critprint.query import ProbeSettings, model_query, probe_inputs, query_distance, run_queries
 
 __all__ = ["PairScore", "TaskRun", "BenchProgress", "run_task", "method_protocol", "IPGUARD_HEADS"]
 
@@ -45,6 +47,9 @@ IPGUARD_HEADS = {"projcl": "projection", "poolcl": "pool"}
 """IPGuard baselines and the classifier head each puts on the restoration model."""
 
 _RATIO_FLOOR = 1e-12
+
+_MIN_HELD_OUT_NULL = 3
+"""Fewest null values a held-out calibration keeps before it falls back to leaving out the pair only."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class TaskRun:
     images: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 def method_protocol(method: str, base: Protocol) -> Protocol:
@@ -121,6 +127,8 @@ class _TaskRunner:
         self.paths: dict[str, Path] = {name: zoo.model_path(name) for name in task.references}
         self.handles: dict[str, ModelHandle] = {}
         self.result = TaskRun(plan=task)
+        self.critical: dict[str, Fingerprint] = {}
+        self.calibration: Calibration | None = None
 
     # Models -------------------------------------------------------------
 
@@ -181,6 +189,81 @@ class _TaskRunner:
 
         self.each_pair(add, records)
         self.result.images[method] = {name: record.critical_image for name, record in records.items()}
+        if method == "critprint":
+            self.critical = records
+
+    # Calibrated rule and query-only ------------------------------------------
+
+    def held_out_null(self, values: dict[tuple[str, str], float], source: str, suspect: str) -> list[float]:
+        """Return the null values of pairs that share no model with (source, suspect).
+
+        When that leaves fewer than :data:`_MIN_HELD_OUT_NULL` values (a task
+        with three references), only the pair itself is left out.
+        """
+        models = {source, suspect.split("+")[0]}
+        kept = [value for pair, value in values.items() if not models & set(pair)]
+        if len(kept) >= _MIN_HELD_OUT_NULL:
+            return kept
+        return [value for pair, value in values.items() if set(pair) != models]
+
+    def score_calibrated(self) -> None:
+        records = self.critical
+        references = [name for name in self.task.references if name in records]
+        null = {(a, b): feature_distance(records[a].features, records[b].features)
+                for i, a in enumerate(references) for b in references[i + 1 :]}
+
+        def add(source: str, suspect: str, kind: str, attack: str | None) -> None:
+            distance = feature_distance(records[source].features, records[suspect].features)
+            decision = calibrated_decision(self.held_out_null(null, source, suspect), distance, self.plan.fpr, "d")
+            self.result.pairs.append(PairScore(
+                method="calibrated", source=source, suspect=suspect, kind=kind, attack=attack,
+                hard=self.is_hard(source, suspect), value=distance, ratio=decision.ratio,
+                score=-math.log10(max(distance, _RATIO_FLOOR)), derived=decision.verdict == "derived",
+            ))
+
+        self.each_pair(add, records)
+        self.calibration = calibration_from_fingerprints({name: records[name] for name in references},
+                                                         note=f"bench references of task {self.task.task}")
+        self.write_calibration()
+
+    def write_calibration(self) -> None:
+        """Write DIR/TASK/calibration.json from every reference, usable by verify --calibration."""
+        if self.calibration is not None:
+            self.result.calibration = self.calibration.summary(self.plan.fpr)
+            save_calibration(self.calibration, self.folder / "calibration.json")
+
+    def score_query(self) -> None:
+        records = self.critical
+        probes = ProbeSettings()
+        protocol = self.base_protocol
+        distances: dict[tuple[str, str], float] = {}
+        source_names = [name for name in self.task.references if name in records]
+        for source in source_names:
+            inputs = probe_inputs(records[source].critical_image, records[source].protocol, probes)
+            expected = run_queries(model_query(self.handle(source), protocol), inputs, protocol.scale)
+            suspects = [name for name in self.task.references if name != source]
+            if source in self.task.sources:
+                suspects += [attacked_name(source, attack) for attack in self.plan.attacks_for(self.task)]
+            for suspect in suspects:
+                if suspect in self.paths:
+                    outputs = run_queries(model_query(self.handle(suspect), protocol), inputs, protocol.scale)
+                    distances[(source, suspect)] = query_distance(expected, outputs)
+        null = {pair: value for pair, value in distances.items() if "+" not in pair[1]}
+        if self.calibration is not None:
+            self.calibration = replace(self.calibration, q_null=tuple(null.values()), q_pairs=tuple(null),
+                                       probes=probes.to_dict())
+            self.write_calibration()
+
+        def add(source: str, suspect: str, kind: str, attack: str | None) -> None:
+            value = distances[(source, suspect)]
+            decision = calibrated_decision(self.held_out_null(null, source, suspect), value, self.plan.fpr, "q")
+            self.result.pairs.append(PairScore(
+                method="query", source=source, suspect=suspect, kind=kind, attack=attack,
+                hard=self.is_hard(source, suspect), value=value, ratio=decision.ratio,
+                score=-math.log10(max(value, _RATIO_FLOOR)), derived=decision.verdict == "derived",
+            ))
+
+        self.each_pair(add, records, {name for (_, name) in distances})
 
     # IPGuard baselines -----------------------------------------------------
 
@@ -276,6 +359,8 @@ def _jobs(runner: _TaskRunner) -> list[tuple[str, Callable[[], None]]]:
                          lambda s=source, a=attack: runner.make_attack(s, a)))
 
     for method in plan.methods:
+        if method in DERIVED_METHODS:
+            continue
         if method in IPGUARD_HEADS:
             ipguard_records: dict[str, IPGuardFingerprint] = {}
             for name in task.references:
@@ -290,6 +375,10 @@ def _jobs(runner: _TaskRunner) -> list[tuple[str, Callable[[], None]]]:
                              lambda m=method, n=name, r=critical_records: _fingerprint_if_present(runner, m, n, r)))
             jobs.append((f"{task.task}: {method} distances",
                          lambda m=method, r=critical_records: runner.score_critical(m, r)))
+    if "calibrated" in plan.methods:
+        jobs.append((f"{task.task}: calibrated decisions", runner.score_calibrated))
+    if "query" in plan.methods:
+        jobs.append((f"{task.task}: query-only distances", runner.score_query))
     return jobs
 
 
@@ -313,6 +402,9 @@ def count_jobs(plan: BenchPlan) -> int:
         attacked = len(task.sources) * len(plan.attacks_for(task))
         total += attacked
         for method in plan.methods:
+            if method in DERIVED_METHODS:
+                total += 1
+                continue
             total += (len(task.references) if method in IPGUARD_HEADS else len(task.references) + attacked) + 1
     return total
 
