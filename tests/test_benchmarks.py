@@ -41,5 +41,7 @@ def test_extraction_benchmark_reports_ratios() -> None:
     (fingerprint,) = result["fingerprint"]
     # The paper protocol extracts a 4 times larger image for 10 times more steps.
     assert fingerprint["speedup"] > 1
+    assert fingerprint["default_process_peak_rss_mb"] > 0
+    assert fingerprint["paper_extraction_mb"] >= 0
     assert fingerprint["paper_extrapolated_from_iterations"] == 3
     assert result["identify"]["fingerprints"] == 50
