@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from spandrel.architectures.DnCNN import DnCNN
 import throwaway_postgres as pgserver
 from critprint.models import save_state_dict
 from critprint.protocol import Protocol
+from critprint.registry import Registry
 
 
 def tiny_denoiser(seed: int) -> DnCNN:
@@ -94,3 +95,21 @@ def postgres_server() -> Iterator[str]:
 def postgres_url(postgres_server: str) -> str:
     """The URL of a new, empty database on the test server."""
     return pgserver.create_database(postgres_server)
+
+
+@pytest.fixture()
+def count_reads() -> Callable[[Registry], list[str]]:
+    """Return a function that makes a registry record the file names it reads from then on."""
+
+    def start(registry: Registry) -> list[str]:
+        reads: list[str] = []
+        original = registry._store.read
+
+        def counting_read(file_name: str) -> bytes:
+            reads.append(file_name)
+            return original(file_name)
+
+        registry._store.read = counting_read  # type: ignore[method-assign]
+        return reads
+
+    return start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from critprint.decision import feature_distance
 from critprint.protocol import Protocol
 from critprint.registry import Registry, encode_features
 
+
+CountReads = Callable[[Registry], list[str]]
 
 # Two trained denoisers of the zoo, which this small protocol tells apart (d / eta about 8).
 SMALL = Protocol(name="test", task="denoise", size=32, iterations=30)
@@ -27,25 +30,12 @@ def two_sources(tmp_path: Path) -> Registry:
     return registry
 
 
-def count_reads(registry: Registry) -> list[str]:
-    """Record the file names the registry reads from now on."""
-    reads: list[str] = []
-    original = registry._store.read
-
-    def counting_read(file_name: str) -> bytes:
-        reads.append(file_name)
-        return original(file_name)
-
-    registry._store.read = counting_read  # type: ignore[method-assign]
-    return reads
-
-
 def set_row_features(registry: Registry, name: str, text: str) -> None:
     with sqlite3.connect(registry.database) as connection:
         connection.execute("UPDATE fingerprints SET features = ? WHERE name = ?", (text, name))
 
 
-def test_identify_reads_only_the_match(two_sources: Registry) -> None:
+def test_identify_reads_only_the_match(two_sources: Registry, count_reads: CountReads) -> None:
     reads = count_reads(two_sources)
     results = api.identify("zoo:dncnn", two_sources, task="denoise")
     assert [result.source for result in results] == ["alpha", "beta"]
@@ -53,7 +43,7 @@ def test_identify_reads_only_the_match(two_sources: Registry) -> None:
     assert reads == [two_sources.get("alpha").file]
 
 
-def test_rows_without_features_read_files(two_sources: Registry) -> None:
+def test_rows_without_features_read_files(two_sources: Registry, count_reads: CountReads) -> None:
     indexed = api.identify("zoo:dncnn", two_sources, task="denoise")
     for name in ("alpha", "beta"):
         set_row_features(two_sources, name, "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -269,7 +269,9 @@ def test_make_executor_rejects_bad_values(name: str, workers: int, message: str)
         make_executor(name, workers)
 
 
-def test_worker_registry_reads_each_file_once(tmp_path: Path, model_dir: Path) -> None:
+def test_worker_registry_reads_each_file_once(
+    tmp_path: Path, model_dir: Path, count_reads: Callable[[Registry], list[str]]
+) -> None:
     from critprint import api
     from critprint.scan.worker import CachingRegistry
 
@@ -277,14 +279,7 @@ def test_worker_registry_reads_each_file_once(tmp_path: Path, model_dir: Path) -
     run_item(ScanJob("register", registry=location, **FAST),
              ScanItem("alpha", str(model_dir / "denoiser_a.safetensors"), "denoise"))
     cached = CachingRegistry(location)
-    reads: list[str] = []
-    original = cached._store.read
-
-    def counting_read(file_name: str) -> bytes:
-        reads.append(file_name)
-        return original(file_name)
-
-    cached._store.read = counting_read  # type: ignore[method-assign]
+    reads = count_reads(cached)
     api.identify(str(model_dir / "denoiser_a.pth"), cached, task="denoise")
     api.identify(str(model_dir / "denoiser_b.safetensors"), cached, task="denoise")
     assert len(reads) == 1
