@@ -21,6 +21,7 @@ from rich.table import Table
 from critprint import __version__, api, zoo
 from critprint.checks import check_choice
 from critprint.cli import verdict as verdict_cli
+from critprint.cli.studies import run_study
 from critprint.cli.output import (
     ExtractionProgress,
     JobProgress,
@@ -663,6 +664,14 @@ def bench(
         Optional[list[str]],
         typer.Option("--method", metavar="METHOD", help="Run only this method; repeat for several. Default: all."),
     ] = None,
+    study: Annotated[
+        Optional[str],
+        typer.Option("--study", metavar="NAME", help="Run a study instead of the plan: seeds (critical images of "
+                     "each source model from several initialisations, and d/eta between them)."),
+    ] = None,
+    seeds: Annotated[
+        Optional[int], typer.Option("--seeds", metavar="N", help="Initialisations per model for --study seeds (default 4).")
+    ] = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
@@ -671,10 +680,15 @@ def bench(
 
     Runs discriminability, robustness to every attack, the ablations and ROC, and writes
     DIR/summary.json, DIR/report.md and heat maps and montages. Work already in DIR is reused,
-    so an interrupted run continues where it stopped.
+    so an interrupted run continues where it stopped. --study seeds writes DIR/seeds-summary.md
+    and, per task, DIR/TASK/seeds-montage.png and seeds-matrix.png instead.
     """
     from critprint.evaluation import get_plan, run_bench
 
+    if study is not None or seeds is not None:
+        unused = [name for name, given in (("--quick", quick), ("--method", bool(methods))) if given]
+        run_study(study, seeds, out, tasks, protocol, iterations, unused, json_output, quiet, debug)
+        return
     _configure_logging(debug)
     with fail_on_errors(debug), JobProgress(quiet, "bench") as progress:
         _check_names(protocol=protocol)

@@ -36,7 +36,9 @@ from critprint.models import ModelHandle, load_model, read_state_dict, save_stat
 from critprint.protocol import Protocol, get_protocol
 from critprint.query import ProbeSettings, model_query, probe_inputs, query_distance, run_queries
 
-__all__ = ["PairScore", "TaskRun", "BenchProgress", "run_task", "method_protocol", "IPGUARD_HEADS"]
+__all__ = [
+    "PairScore", "TaskRun", "BenchProgress", "run_task", "method_protocol", "cached_fingerprint", "IPGUARD_HEADS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,24 @@ def attacked_name(source: str, attack: str) -> str:
     return f"{source}+{attack}"
 
 
+def cached_fingerprint(handle: ModelHandle, protocol: Protocol, path: Path) -> Fingerprint:
+    """Return the fingerprint stored at ``path`` if it records this model and protocol, else extract and store it.
+
+    A file that records another model hash or protocol, or cannot be read, is
+    replaced; the new file is written atomically.
+    """
+    if path.exists():
+        try:
+            cached = load_fingerprint(path)
+            if cached.protocol == protocol and cached.model.sha256 == handle.sha256:
+                return cached
+        except FingerprintFormatError as error:
+            logger.warning("recomputing %s: %s", path, error)
+    record = fingerprint_model(handle, protocol)
+    save_fingerprint(record, path)
+    return record
+
+
 class _TaskRunner:
     def __init__(self, plan: BenchPlan, task: TaskPlan, out_dir: Path) -> None:
         self.plan = plan
@@ -165,17 +185,7 @@ class _TaskRunner:
     def fingerprint(self, method: str, name: str) -> Fingerprint:
         protocol = method_protocol(method, self.base_protocol)
         path = self.folder / "fingerprints" / method / f"{name}.safetensors"
-        handle = self.handle(name)
-        if path.exists():
-            try:
-                cached = load_fingerprint(path)
-                if cached.protocol == protocol and cached.model.sha256 == handle.sha256:
-                    return cached
-            except FingerprintFormatError as error:
-                logger.warning("recomputing %s: %s", path, error)
-        record = fingerprint_model(handle, protocol)
-        save_fingerprint(record, path)
-        return record
+        return cached_fingerprint(self.handle(name), protocol, path)
 
     def score_critical(self, method: str, records: dict[str, Fingerprint]) -> None:
         def add(source: str, suspect: str, kind: str, attack: str | None) -> None:
