@@ -61,18 +61,18 @@ def attacked_copy(task: str, source: str, attack: str, cache: Path) -> str:
 def features_at(spec: str, protocol: Protocol, checkpoints: list[int]) -> dict[int, torch.Tensor]:
     """Return the features of the image at each checkpoint."""
     handle = load_model(spec)
-    wanted = set(checkpoints)
+    pending = set(checkpoints)
     found: dict[int, torch.Tensor] = {}
 
     def observe(step: int, image: torch.Tensor) -> None:
-        if step in wanted:
+        if step in pending:
             found[step] = feature_vector(image[0].clamp(0.0, 1.0).cpu(), protocol.features)
 
     if protocol.schedule == "constant":
         extract_critical_image(handle, protocol.replace(iterations=max(checkpoints)), observer=observe)
         return found
     for steps in checkpoints:
-        wanted = {steps}
+        pending = {steps}
         extract_critical_image(handle, protocol.replace(iterations=steps), observer=observe)
     return found
 

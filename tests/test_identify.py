@@ -17,7 +17,7 @@ from critprint.registry import Registry, encode_features
 
 CountReads = Callable[[Registry], list[str]]
 
-# Two trained denoisers of the zoo, which this small protocol tells apart (d / eta about 8).
+# Two trained denoisers of the zoo, which this small protocol separates (d / eta about 8).
 SMALL = Protocol(name="test", task="denoise", size=32, iterations=30)
 
 
@@ -62,7 +62,7 @@ def test_altered_file_drops_the_match(two_sources: Registry) -> None:
 
 
 def test_forged_row_cannot_make_a_match(two_sources: Registry) -> None:
-    # beta's row claims alpha's features; its file, whose hash the registry recorded, says otherwise.
+    # beta's row is set to alpha's features, but its file, whose hash the registry recorded, keeps beta's own.
     alpha = two_sources.load("alpha")
     set_row_features(two_sources, "beta", encode_features(alpha.features))
     results = {result.source: result for result in api.identify("zoo:dncnn", two_sources)}

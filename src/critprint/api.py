@@ -21,7 +21,7 @@ from critprint.extraction import ProgressCallback, Runtime, check_compatible, ex
 from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint, ModelIdentity, now_utc, software_versions
 from critprint.models import ModelHandle, infer_task, load_model
-from critprint.protocol import Protocol, get_protocol
+from critprint.protocol import DEFAULT_PROTOCOL, Protocol, get_protocol
 from critprint.query import ProbeSettings, model_query, probe_inputs, run_queries
 from critprint.registry import IndexRow, Registry, RegistryEntry, decode_features
 from critprint.userimport import first_line
@@ -76,7 +76,7 @@ def _as_handle(model: ModelSpec) -> ModelHandle:
 
 def resolve_protocol(
     handle: ModelHandle,
-    protocol: str | Protocol = "quick",
+    protocol: str | Protocol = DEFAULT_PROTOCOL,
     task: str | None = None,
     custom_degradation: str | None = None,
 ) -> Protocol:
@@ -126,7 +126,7 @@ def _identity(handle: ModelHandle) -> ModelIdentity:
 
 def fingerprint_model(
     model: ModelSpec,
-    protocol: str | Protocol = "quick",
+    protocol: str | Protocol = DEFAULT_PROTOCOL,
     task: str | None = None,
     progress: ProgressCallback | None = None,
     runtime: Runtime | None = None,
@@ -141,7 +141,7 @@ def fingerprint_model(
         progress: Optional ``callback(step, total, loss)``.
         runtime: Device and precision of the extraction; the CPU in float32 if None.
 
-    The record also holds the model's outputs on the query probes made from
+    The record also contains the model's outputs on the query probes made from
     its critical image with the default :class:`ProbeSettings`, for
     query-only verification.
     """
@@ -169,7 +169,7 @@ def register(
     model: ModelSpec,
     name: str,
     registry: Registry | None = None,
-    protocol: str | Protocol = "quick",
+    protocol: str | Protocol = DEFAULT_PROTOCOL,
     task: str | None = None,
     progress: ProgressCallback | None = None,
     runtime: Runtime | None = None,

@@ -63,7 +63,7 @@ def feature_distance(h_source: torch.Tensor, h_suspect: torch.Tensor) -> float:
 
 @functools.lru_cache(maxsize=64)
 def threshold(length: int, alpha: float = 0.05, sigma_h: float = 0.015) -> float:
-    """Return eta = chi2.ppf(alpha, L) * sigma_h^2 / L, cached: identification asks for it once per result.
+    """Return eta = chi2.ppf(alpha, L) * sigma_h^2 / L, cached because identification needs it once per result.
 
     Example:
         >>> round(threshold(30), 7)

@@ -188,7 +188,7 @@ def extract_critical_image(
         protocol: All parameters; its task selects the degradation.
         progress: Optional callback, called every few steps and at the end.
         runtime: Device and precision settings; the CPU in float32 if None.
-        observer: Optional callback that sees the image every few steps.
+        observer: Optional callback that receives the image every few steps.
 
     Returns:
         The critical image (C, H, W) in [0, 1], float32 on the CPU.

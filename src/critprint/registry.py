@@ -114,7 +114,7 @@ def check_columns(columns: Sequence[str]) -> Sequence[str]:
 
 
 class IndexRow(NamedTuple):
-    """What identification needs of a registered fingerprint, without its file."""
+    """The columns of a registered fingerprint that identification ranks by, read without its file."""
 
     name: str
     protocol_json: str

@@ -46,7 +46,7 @@ from critprint.models import (
     read_state_dict,
     save_state_dict,
 )
-from critprint.protocol import PRESETS, TASKS
+from critprint.protocol import DEFAULT_PROTOCOL, PRESETS, TASKS
 from critprint.registry import Registry
 
 __all__ = ["app", "main"]
@@ -198,7 +198,7 @@ def register(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.pth, .pt, .ckpt, .safetensors, .onnx, TorchScript) or zoo:NAME.")],
     name: Annotated[str, typer.Option("--name", help="Unique name for the fingerprint.")],
     task: TaskOption = None,
-    protocol: ProtocolOption = "quick",
+    protocol: ProtocolOption = DEFAULT_PROTOCOL,
     size: Annotated[
         Optional[int], typer.Option("--size", min=8, help="Override the critical-image side, in pixels.")
     ] = None,

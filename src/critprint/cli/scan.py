@@ -23,7 +23,7 @@ from critprint.cli.app import (
 )
 from critprint.cli.output import fail_on_errors, print_json, stderr, stdout, usage_error
 from critprint.errors import InvalidInputError
-from critprint.protocol import PRESETS
+from critprint.protocol import DEFAULT_PROTOCOL, PRESETS
 from critprint.registry import Registry
 from critprint.scan import EXECUTORS, ScanCounts, ScanJob, ScanResult, collect_items, make_executor, run_scan
 
@@ -106,7 +106,7 @@ def scan(
     task: Annotated[
         Optional[str], typer.Option("--task", metavar="TASK", help="Task of every model a manifest does not set; default: inferred.")
     ] = None,
-    protocol: ProtocolOption = "quick",
+    protocol: ProtocolOption = DEFAULT_PROTOCOL,
     size: Annotated[Optional[int], typer.Option("--size", min=8, help="--register: critical-image side, in pixels.")] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations", min=1, help="--register: Adam steps.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="--register: random seed.")] = None,
@@ -136,7 +136,7 @@ def scan(
     mode = "register" if register_mode else "identify"
     if mode == "identify":
         ignored = [name for name, value in (("--size", size), ("--iterations", iterations), ("--seed", seed)) if value is not None]
-        if ignored or protocol != "quick":
+        if ignored or protocol != DEFAULT_PROTOCOL:
             usage_error(f"{', '.join(ignored) or '--protocol'} sets how --register extracts; --identify probes each "
                         "suspect with the protocol of the fingerprint it is compared with")
     elif top is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from critprint.errors import CritprintError
 from critprint.fingerprint import Fingerprint
+from critprint.protocol import DEFAULT_PROTOCOL
 from critprint.registry import Registry, RegistryEntry
 from critprint.scan.results import ScanMode, ScanResult, worker_label
 from critprint.scan.sources import ScanItem
@@ -48,7 +49,7 @@ class ScanJob:
     mode: ScanMode
     registry: str | None = None
     files: str | None = None
-    protocol: str = "quick"
+    protocol: str = DEFAULT_PROTOCOL
     size: int | None = None
     iterations: int | None = None
     seed: int | None = None
