@@ -21,7 +21,7 @@ from rich.table import Table
 from critprint import __version__, api, zoo
 from critprint.checks import check_choice
 from critprint.cli import verdict as verdict_cli
-from critprint.cli.studies import run_study
+from critprint.cli.studies import StudyOptions, run_study
 from critprint.cli.output import (
     ExtractionProgress,
     JobProgress,
@@ -667,10 +667,16 @@ def bench(
     study: Annotated[
         Optional[str],
         typer.Option("--study", metavar="NAME", help="Run a study instead of the plan: seeds (critical images of "
-                     "each source model from several initialisations, and d/eta between them)."),
+                     "each source model from several initialisations, and d/eta between them) or protocol "
+                     "(ROC of each protocol setting on the same models and attacks)."),
     ] = None,
     seeds: Annotated[
         Optional[int], typer.Option("--seeds", metavar="N", help="Initialisations per model for --study seeds (default 4).")
+    ] = None,
+    settings: Annotated[
+        Optional[list[str]],
+        typer.Option("--setting", metavar="KEY=VALUE,...", help="A setting for --study protocol, such as "
+                     "noise_sigma=0.3,iterations=1000; repeat for several. Default: the built-in grid per task."),
     ] = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -681,13 +687,17 @@ def bench(
     Runs discriminability, robustness to every attack, the ablations and ROC, and writes
     DIR/summary.json, DIR/report.md and heat maps and montages. Work already in DIR is reused,
     so an interrupted run continues where it stopped. --study seeds writes DIR/seeds-summary.md
-    and, per task, DIR/TASK/seeds-montage.png and seeds-matrix.png instead.
+    and, per task, DIR/TASK/seeds-montage.png and seeds-matrix.png instead; --study protocol
+    writes DIR/protocol-study.md and .json and, per task, DIR/TASK/protocol-study.png.
     """
     from critprint.evaluation import get_plan, run_bench
 
-    if study is not None or seeds is not None:
-        unused = [name for name, given in (("--quick", quick), ("--method", bool(methods))) if given]
-        run_study(study, seeds, out, tasks, protocol, iterations, unused, json_output, quiet, debug)
+    if study is not None or seeds is not None or settings:
+        options = StudyOptions(
+            study=study, out=out, tasks=tuple(tasks or ()), protocol=protocol, iterations=iterations, seeds=seeds,
+            settings=tuple(settings or ()), quick=quick, other_options=("--method",) if methods else (),
+        )
+        run_study(options, json_output, quiet, debug)
         return
     _configure_logging(debug)
     with fail_on_errors(debug), JobProgress(quiet, "bench") as progress:

@@ -38,6 +38,7 @@ from critprint.query import ProbeSettings, model_query, probe_inputs, query_dist
 
 __all__ = [
     "PairScore", "TaskRun", "BenchProgress", "run_task", "method_protocol", "cached_fingerprint", "IPGUARD_HEADS",
+    "AttackedModels", "attacked_models",
 ]
 
 logger = logging.getLogger(__name__)
@@ -417,6 +418,47 @@ def count_jobs(plan: BenchPlan) -> int:
                 continue
             total += (len(task.references) if method in IPGUARD_HEADS else len(task.references) + attacked) + 1
     return total
+
+
+@dataclass(frozen=True)
+class AttackedModels:
+    """A task's models ready for scoring: every reference and every attacked copy that was made.
+
+    Attributes:
+        paths: Model name to weights file, references and attacked copies.
+        attacks: One record per attacked copy, as ``DIR/TASK/models/NAME.json`` holds it.
+        failures: ``{"job", "error"}`` of each attack that failed.
+    """
+
+    paths: dict[str, Path]
+    attacks: list[dict[str, Any]]
+    failures: list[dict[str, str]]
+
+
+def attacked_models(
+    plan: BenchPlan,
+    task: TaskPlan,
+    out_dir: Path,
+    progress: BenchProgress | None = None,
+) -> AttackedModels:
+    """Make (or reuse from ``out_dir``) the attacked copies of a task's sources, as a benchmark run does.
+
+    A study run over a finished benchmark's folder with the same plan
+    settings reuses its attacked copies instead of training them again.
+    """
+    runner = _TaskRunner(plan, task, out_dir)
+    failures: list[dict[str, str]] = []
+    pending = [(source, attack) for source in task.sources for attack in plan.attacks_for(task)]
+    for index, (source, attack) in enumerate(pending):
+        label = f"{task.task}: attack {source} with {attack}"
+        if progress is not None:
+            progress(index, len(pending), label)
+        try:
+            runner.make_attack(source, attack)
+        except (CritprintError, RuntimeError, ValueError) as error:
+            logger.warning("%s failed: %s", label, error)
+            failures.append({"job": label, "error": f"{type(error).__name__}: {error}"})
+    return AttackedModels(paths=dict(runner.paths), attacks=list(runner.result.attacks), failures=failures)
 
 
 def run_task(

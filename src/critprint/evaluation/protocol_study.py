@@ -1,0 +1,570 @@
+"""Protocol study: which extraction and feature settings tell models apart and survive attacks.
+
+The study behind ``critprint bench --study protocol``. For each task it takes
+the evaluation zoo of the ``full`` plan (sources, hard negatives of the same
+architecture and the attacked copies a benchmark makes), and scores every
+*setting*, a set of changes to the task's base protocol, on the same pairs:
+
+- positives: each source against its attacked copies that kept their PSNR
+  within the attacks' 1 dB budget. Copies that lost more are listed apart,
+  because a copy that restores worse is of little use to a thief;
+- negatives: every ordered pair of different unattacked models.
+
+A setting is written as ``key=value`` pairs joined by commas, for example
+``noise_sigma=0.3,iterations=1000``. Keys are the numeric and text fields of
+:class:`critprint.protocol.Protocol` (changes to the extraction), the
+histogram settings ``colour_bins``, ``lgp_points`` and ``lgp_radius``
+(applied to the same critical images, with eta recomputed for the new
+length L), ``seeds`` (K initialisations, features averaged) and
+``extra_noise`` (further noise strengths, ``+``-separated, whose features are
+appended to the vector: several degradation strengths in one fingerprint).
+The empty setting ``base`` is the base protocol itself.
+
+Each extraction is cached under ``DIR/TASK/study/PROTOCOL-HASH/MODEL.safetensors``
+and reused by every setting that needs it (a feature setting costs no
+extraction), so a study can be stopped and started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from critprint.decision import feature_distance, threshold
+from critprint.errors import InvalidInputError
+from critprint.evaluation.metrics import summarise_roc
+from critprint.evaluation.plan import BenchPlan, TaskPlan, get_plan
+from critprint.evaluation.runner import BenchProgress, attacked_models, attacked_name, cached_fingerprint
+from critprint.features import feature_vector
+from critprint.fingerprint import Fingerprint, atomic_write_bytes, now_utc, software_versions
+from critprint.models import ModelHandle, load_model
+from critprint.protocol import FeatureSettings, Protocol, get_protocol
+
+__all__ = [
+    "StudySetting",
+    "SettingScore",
+    "DEFAULT_GRIDS",
+    "MAX_PSNR_DROP_DB",
+    "parse_setting",
+    "score_setting",
+    "choose_setting",
+    "run_protocol_study",
+    "render_study_markdown",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_PSNR_DROP_DB: Final[float] = 1.0
+"""Largest PSNR loss (dB) of an attacked copy that still counts as a positive; the attacks' own budget."""
+
+_FEATURE_KEYS: Final[tuple[str, ...]] = ("colour_bins", "lgp_points", "lgp_radius")
+_STUDY_KEYS: Final[tuple[str, ...]] = ("seeds", "extra_noise")
+_FIXED_KEYS: Final[tuple[str, ...]] = ("name", "task", "scale", "seed", "features", "custom_degradation")
+_RATIO_FLOOR: Final[float] = 1e-12
+
+_COMMON: Final[tuple[str, ...]] = (
+    "base",
+    "iterations=250",
+    "iterations=1000",
+    "size=96",
+    "tv_weight=0",
+    "tv_weight=0.01",
+    "seeds=2",
+    "colour_bins=2",
+    "colour_bins=8",
+    "lgp_points=8,lgp_radius=1",
+    "lgp_points=24,lgp_radius=3",
+)
+
+DEFAULT_GRIDS: Final[dict[str, tuple[str, ...]]] = {
+    "denoise": _COMMON + ("noise_sigma=0.1", "noise_sigma=0.3", "noise_sigma=0.5", "extra_noise=0.3"),
+    "sr": _COMMON + ("noise_sigma=0.1", "noise_sigma=0.3", "noise_sigma=0.5", "extra_noise=0.3",
+                     "noise_sigma=0.3,seeds=2", "noise_sigma=0.3,iterations=250"),
+    "deblur": _COMMON + ("noise_sigma=0.1", "noise_sigma=0.3", "blur_sigma=1", "blur_sigma=2.5"),
+    "lowlight": _COMMON + ("noise_sigma=0.1", "noise_sigma=0.3"),
+    "derain": _COMMON + ("noise_sigma=0.1", "noise_sigma=0.3", "rain_density=0.005", "rain_density=0.02"),
+    "jpeg": _COMMON + ("noise_sigma=0.1", "noise_sigma=0.3"),
+}
+"""Settings ``bench --study protocol`` scores per task when no ``--setting`` is given.
+
+One change at a time around the task's base protocol: the degradation's
+strength, image size, iterations, lambda, K, colour bins, LGP radius and
+neighbours. Two settings are our own: a second noise strength appended to the
+features, and for x4 SR the two most promising single changes together.
+"""
+
+
+@dataclass(frozen=True)
+class StudySetting:
+    """One setting of the study: changes to the base protocol and to how features are formed.
+
+    Attributes:
+        name: The setting as written, ``base`` for no change.
+        changes: Protocol fields changed for the extraction, as (key, value).
+        colour_bins: Colour bins per channel, or None for the protocol's.
+        lgp_points: LGP neighbours P, or None for the protocol's.
+        lgp_radius: LGP radius R, or None for the protocol's.
+        seeds: Initialisations whose features are averaged (K).
+        extra_noise: Further noise strengths whose (seed-averaged) features are appended.
+    """
+
+    name: str
+    changes: tuple[tuple[str, Any], ...] = ()
+    colour_bins: int | None = None
+    lgp_points: int | None = None
+    lgp_radius: float | None = None
+    seeds: int = 1
+    extra_noise: tuple[float, ...] = ()
+
+    def extraction_protocols(self, base: Protocol) -> list[list[Protocol]]:
+        """Return the protocols to extract: one list of K seeds per noise strength, the base strength first."""
+        changed = base.replace(**dict(self.changes))
+        strengths = (changed.noise_sigma, *self.extra_noise)
+        return [[changed.replace(noise_sigma=sigma, seed=changed.seed + k).resolved() for k in range(self.seeds)]
+                for sigma in strengths]
+
+    def feature_settings(self, base: Protocol) -> FeatureSettings:
+        """Return the histogram settings of this setting on top of the base protocol's."""
+        current = base.features
+        return FeatureSettings(
+            colour_bins=current.colour_bins if self.colour_bins is None else self.colour_bins,
+            lgp_points=current.lgp_points if self.lgp_points is None else self.lgp_points,
+            lgp_radius=current.lgp_radius if self.lgp_radius is None else self.lgp_radius,
+            quantize=current.quantize,
+        )
+
+    def protocol(self, base: Protocol) -> Protocol:
+        """Return the single protocol this setting amounts to (exact only when K = 1 and no extra strength)."""
+        return base.replace(**dict(self.changes), features=self.feature_settings(base))
+
+    @property
+    def expressible(self) -> bool:
+        """True when one :class:`Protocol` records the setting, so it can become a preset."""
+        return self.seeds == 1 and not self.extra_noise
+
+    def cost(self, base: Protocol) -> float:
+        """Return the extraction cost relative to the base: iterations x pixels x seeds x strengths."""
+        changed = base.replace(**dict(self.changes))
+        per_image = changed.iterations * changed.size**2 / (base.iterations * base.size**2)
+        return per_image * self.seeds * (1 + len(self.extra_noise))
+
+
+def _convert(key: str, text: str, kind: Any) -> Any:
+    try:
+        if kind is bool:
+            if text not in ("true", "false"):
+                raise ValueError(text)
+            return text == "true"
+        return kind(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"invalid setting value {key}={text!r}: expected {getattr(kind, '__name__', kind)}"
+        ) from None
+
+
+def _protocol_kinds() -> dict[str, Any]:
+    kinds: dict[str, Any] = {}
+    for item in fields(Protocol):
+        if item.name in _FIXED_KEYS:
+            continue
+        annotation = str(item.type)
+        for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+            if annotation.startswith(name):
+                kinds[item.name] = kind
+                break
+        else:
+            # Literal fields (schedule, constraint, objective, blur_kernel) and optional numbers.
+            kinds[item.name] = float if "float" in annotation else str
+    return kinds
+
+
+def parse_setting(text: str) -> StudySetting:
+    """Parse a setting written as ``key=value,key=value`` (``base`` for none).
+
+    Raises:
+        InvalidInputError: If a key is unknown, repeated or a value has the wrong type.
+
+    Example:
+        >>> parse_setting("noise_sigma=0.3,seeds=2").changes
+        (('noise_sigma', 0.3),)
+    """
+    text = text.strip()
+    if text in ("", "base"):
+        return StudySetting(name="base")
+    kinds = _protocol_kinds()
+    changes: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value:
+            raise InvalidInputError(f"invalid setting {part!r} in {text!r}: expected key=value, as in noise_sigma=0.3")
+        if key in changes or key in extra:
+            raise InvalidInputError(f"invalid setting {text!r}: key {key!r} appears twice; give it once")
+        if key in ("colour_bins", "lgp_points", "seeds"):
+            extra[key] = _convert(key, value, int)
+        elif key == "lgp_radius":
+            extra[key] = _convert(key, value, float)
+        elif key == "extra_noise":
+            extra[key] = tuple(_convert(key, item, float) for item in value.split("+"))
+        elif key in kinds:
+            changes[key] = _convert(key, value, kinds[key])
+        else:
+            known = sorted([*kinds, *_FEATURE_KEYS, *_STUDY_KEYS])
+            raise InvalidInputError(f"invalid setting key {key!r} in {text!r}: expected one of {', '.join(known)}")
+    if extra.get("seeds", 1) < 1:
+        raise InvalidInputError(f"invalid setting seeds={extra['seeds']} in {text!r}: expected an integer >= 1")
+    if any(not (math.isfinite(sigma) and sigma >= 0) for sigma in extra.get("extra_noise", ())):
+        raise InvalidInputError(f"invalid setting extra_noise in {text!r}: expected numbers >= 0 joined by +")
+    return StudySetting(name=text, changes=tuple(changes.items()), **extra)
+
+
+@dataclass(frozen=True)
+class SettingScore:
+    """How one setting did on one task.
+
+    Attributes:
+        setting: The setting as written.
+        auc: Area under the ROC curve, score -log10(d / eta).
+        tpr: True-positive rate at the study's false-positive rate.
+        derived_positives: Positives with d / eta below 1, the rule d < eta.
+        false_positives: Negatives with d / eta below 1.
+        positives: Number of positive pairs.
+        negatives: Number of negative pairs.
+        min_negative: Smallest d / eta over the negatives, and its (source, suspect).
+        max_positive: Largest d / eta over the positives, and its (source, suspect).
+        missed: Positives judged independent, as (source, suspect, d / eta).
+        confused: Negatives judged derived, as (source, suspect, d / eta).
+        cost: Extraction cost relative to the base (iterations x pixels x K x strengths).
+        seconds: Mean extraction seconds per model, as recorded in the fingerprints.
+        length: Feature length L.
+        expressible: Whether one protocol records the setting.
+    """
+
+    setting: str
+    auc: float
+    tpr: float
+    derived_positives: int
+    false_positives: int
+    positives: int
+    negatives: int
+    min_negative: tuple[float, str, str]
+    max_positive: tuple[float, str, str]
+    missed: tuple[tuple[str, str, float], ...]
+    confused: tuple[tuple[str, str, float], ...]
+    cost: float
+    seconds: float
+    length: int
+    expressible: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the score as a JSON-compatible dictionary."""
+        return {
+            "setting": self.setting, "auc": self.auc, "tpr": self.tpr,
+            "derived_positives": self.derived_positives, "false_positives": self.false_positives,
+            "positives": self.positives, "negatives": self.negatives,
+            "min_negative": {"ratio": self.min_negative[0], "source": self.min_negative[1],
+                             "suspect": self.min_negative[2]},
+            "max_positive": {"ratio": self.max_positive[0], "source": self.max_positive[1],
+                             "suspect": self.max_positive[2]},
+            "missed": [list(item) for item in self.missed],
+            "confused": [list(item) for item in self.confused],
+            "cost": self.cost, "seconds": self.seconds, "length": self.length, "expressible": self.expressible,
+        }
+
+
+def protocol_key(protocol: Protocol) -> str:
+    """Return a short stable name for a protocol, used as its cache folder."""
+    return hashlib.sha256(protocol.to_json().encode()).hexdigest()[:16]
+
+
+@dataclass
+class _TaskModels:
+    task: TaskPlan
+    base: Protocol
+    folder: Path
+    paths: dict[str, Path]
+    positives: list[tuple[str, str]]
+    excluded: list[dict[str, Any]]
+    handles: dict[str, ModelHandle] = field(default_factory=dict)
+
+    def handle(self, name: str) -> ModelHandle:
+        if name not in self.handles:
+            self.handles[name] = load_model(self.paths[name])
+        return self.handles[name]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.task.references) + [suspect for _, suspect in self.positives]
+
+    def negatives(self) -> list[tuple[str, str]]:
+        names = [name for name in self.task.references if name in self.paths]
+        return [(a, b) for a in names for b in names if a != b]
+
+    def fingerprint(self, name: str, protocol: Protocol) -> Fingerprint:
+        path = self.folder / "study" / protocol_key(protocol) / f"{name}.safetensors"
+        return cached_fingerprint(self.handle(name), protocol, path)
+
+
+def _setting_features(setting: StudySetting, records: Sequence[Sequence[Fingerprint]],
+                      settings: FeatureSettings) -> torch.Tensor:
+    parts = []
+    for strength in records:
+        stacked = torch.stack([feature_vector(record.critical_image, settings) for record in strength])
+        parts.append(stacked.mean(dim=0))
+    return torch.cat(parts)
+
+
+def _extract_all(
+    models: _TaskModels,
+    settings: Sequence[StudySetting],
+    progress: Callable[[str], None],
+) -> dict[tuple[str, str], Fingerprint]:
+    """Extract (or read from the cache) every (model, protocol) the settings need, in the settings' order."""
+    needed: dict[str, Protocol] = {}
+    for setting in settings:
+        for strength in setting.extraction_protocols(models.base):
+            for protocol in strength:
+                needed.setdefault(protocol_key(protocol), protocol)
+    records: dict[tuple[str, str], Fingerprint] = {}
+    for key, protocol in needed.items():
+        for name in models.models:
+            progress(f"{models.task.task}: {name}, protocol {key[:8]}")
+            records[(name, key)] = models.fingerprint(name, protocol)
+    return records
+
+
+def score_setting(
+    setting: StudySetting,
+    base: Protocol,
+    records: Mapping[tuple[str, str], Fingerprint],
+    positives: Sequence[tuple[str, str]],
+    negatives: Sequence[tuple[str, str]],
+    fpr: float = 0.01,
+) -> SettingScore:
+    """Score one setting from fingerprints already extracted.
+
+    Args:
+        setting: The setting.
+        base: The task's base protocol.
+        records: Fingerprints by (model name, :func:`protocol_key`).
+        positives: (source, attacked copy) pairs.
+        negatives: (model, other model) pairs.
+        fpr: False-positive rate at which the true-positive rate is read.
+    """
+    protocols = setting.extraction_protocols(base)
+    settings = setting.feature_settings(base)
+    names = {name for pair in (*positives, *negatives) for name in pair}
+    vectors = {name: _setting_features(setting, [[records[(name, protocol_key(p))] for p in strength]
+                                                for strength in protocols], settings) for name in names}
+    length = int(next(iter(vectors.values())).numel())
+    eta = threshold(length, base.alpha, base.sigma_h)
+
+    def ratio(pair: tuple[str, str]) -> float:
+        return feature_distance(vectors[pair[0]], vectors[pair[1]]) / eta
+
+    positive_ratios = [(ratio(pair), *pair) for pair in positives]
+    negative_ratios = [(ratio(pair), *pair) for pair in negatives]
+    roc = summarise_roc([-math.log10(max(value, _RATIO_FLOOR)) for value, _, _ in positive_ratios],
+                        [-math.log10(max(value, _RATIO_FLOOR)) for value, _, _ in negative_ratios], fpr)
+    seconds = [records[(name, protocol_key(p))].seconds for name in names for strength in protocols for p in strength]
+    return SettingScore(
+        setting=setting.name,
+        auc=roc.auc,
+        tpr=roc.tpr_at_fpr,
+        derived_positives=sum(value < 1 for value, _, _ in positive_ratios),
+        false_positives=sum(value < 1 for value, _, _ in negative_ratios),
+        positives=len(positive_ratios),
+        negatives=len(negative_ratios),
+        min_negative=min(negative_ratios),
+        max_positive=max(positive_ratios),
+        missed=tuple((a, b, value) for value, a, b in sorted(positive_ratios, reverse=True) if value >= 1),
+        confused=tuple((a, b, value) for value, a, b in sorted(negative_ratios) if value < 1),
+        cost=setting.cost(base),
+        seconds=float(np.sum(seconds)) / max(len(names), 1),
+        length=length,
+        expressible=setting.expressible,
+    )
+
+
+def choose_setting(scores: Sequence[SettingScore]) -> SettingScore:
+    """Return the default the numbers pick: best TPR at the set FPR, ties broken by lower cost, then higher AUC.
+
+    Only settings one protocol can record are eligible.
+
+    Raises:
+        InvalidInputError: If no score is eligible.
+    """
+    eligible = [score for score in scores if score.expressible]
+    if not eligible:
+        raise InvalidInputError("no setting a protocol can record was scored; add one such as 'base'")
+    return min(eligible, key=lambda score: (-score.tpr, score.cost, -score.auc, -score.min_negative[0]))
+
+
+def _task_plan(plan: BenchPlan, task: str) -> TaskPlan:
+    for entry in plan.tasks:
+        if entry.task == task:
+            return entry
+    raise InvalidInputError(f"invalid task {task!r} for the study: expected one of "
+                            f"{', '.join(entry.task for entry in plan.tasks)}")
+
+
+def _prepare(plan: BenchPlan, task: TaskPlan, out_dir: Path, progress: BenchProgress | None) -> _TaskModels:
+    made = attacked_models(plan, task, out_dir, progress)
+    changes = {} if plan.iterations is None else {"iterations": plan.iterations}
+    base = get_protocol(plan.protocol, task.task, scale=task.scale, **changes)  # type: ignore[arg-type]
+    positives: list[tuple[str, str]] = []
+    excluded: list[dict[str, Any]] = []
+    for outcome in made.attacks:
+        source, name = outcome["source"], outcome["model"]
+        if outcome["psnr_change_db"] >= -MAX_PSNR_DROP_DB:
+            positives.append((source, name))
+        else:
+            excluded.append({"model": name, "psnr_change_db": outcome["psnr_change_db"]})
+    order = {attacked_name(s, a): i for i, (s, a) in enumerate(
+        (s, a) for s in task.sources for a in plan.attacks_for(task))}
+    positives.sort(key=lambda pair: order.get(pair[1], len(order)))
+    return _TaskModels(task=task, base=base, folder=out_dir / task.task, paths=made.paths,
+                       positives=positives, excluded=excluded)
+
+
+def run_protocol_study(
+    tasks: Sequence[str],
+    out_dir: str | Path,
+    settings: Mapping[str, Sequence[str]] | None = None,
+    plan: BenchPlan | None = None,
+    progress: BenchProgress | None = None,
+) -> dict[str, Any]:
+    """Score settings per task and write ``protocol-study.json``, ``protocol-study.md`` and one chart per task.
+
+    Args:
+        tasks: Task names of the plan.
+        out_dir: Folder of the outputs and the cached work; a finished
+            benchmark's folder lends the study its attacked copies.
+        settings: Task name to settings as written; :data:`DEFAULT_GRIDS` when None.
+        plan: The benchmark plan whose models and attacks are used; ``full`` when None.
+        progress: Called as ``progress(done, total, label)``.
+
+    Raises:
+        InvalidInputError: If a task or a setting is invalid, before any extraction.
+    """
+    plan = plan or get_plan("full")
+    folder = Path(out_dir)
+    grids = {task: [parse_setting(text) for text in (settings or DEFAULT_GRIDS).get(task, DEFAULT_GRIDS.get(task, ()))]
+             for task in tasks}
+    plans = {task: _task_plan(plan, task) for task in tasks}
+    for task, grid in grids.items():
+        if not grid:
+            raise InvalidInputError(f"no settings for task {task!r}: give --setting")
+        base = get_protocol(plan.protocol, task, scale=plans[task].scale)  # type: ignore[arg-type]
+        for setting in grid:
+            setting.protocol(base)  # checks every value before any work
+    start = time.perf_counter()
+    results: dict[str, Any] = {}
+    for task in tasks:
+        models = _prepare(plan, plans[task], folder, progress)
+        counter = {"done": 0}
+        unique = {protocol_key(p) for s in grids[task] for strength in s.extraction_protocols(models.base)
+                  for p in strength}
+        total = len(unique) * len(models.models)
+
+        def step(label: str) -> None:
+            if progress is not None:
+                progress(counter["done"], total, label)
+            counter["done"] += 1
+
+        records = _extract_all(models, grids[task], step)
+        scores = [score_setting(setting, models.base, records, models.positives, models.negatives(), plan.fpr)
+                  for setting in grids[task]]
+        chosen = choose_setting(scores)
+        atomic_write_bytes(folder / task / "protocol-study.png", study_chart(scores))
+        results[task] = {
+            "base": models.base.to_dict(),
+            "positives": len(models.positives),
+            "excluded_positives": models.excluded,
+            "scores": [score.to_dict() for score in scores],
+            "chosen": chosen.setting,
+            "chosen_protocol": next(s for s in grids[task] if s.name == chosen.setting).protocol(models.base).to_dict(),
+        }
+        logger.info("%s: setting %s chosen (TPR %.3f, AUC %.3f)", task, chosen.setting, chosen.tpr, chosen.auc)
+    if progress is not None:
+        progress(1, 1, "done")
+    summary = {
+        "study": "protocol",
+        "created_at": now_utc(),
+        "seconds": round(time.perf_counter() - start, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.system()}",
+        "versions": software_versions(),
+        "plan": plan.name,
+        "fpr": plan.fpr,
+        "max_psnr_drop_db": MAX_PSNR_DROP_DB,
+        "tasks": results,
+    }
+    atomic_write_bytes(folder / "protocol-study.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(folder / "protocol-study.md", render_study_markdown(summary).encode())
+    return summary
+
+
+def study_chart(scores: Sequence[SettingScore], width: int = 640, row: int = 22) -> bytes:
+    """Return a PNG bar chart: AUC (blue) and TPR at the set FPR (orange) per setting."""
+    label_width = 260
+    height = row * len(scores) + 30
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    span = width - label_width - 10
+    draw.text((4, 4), "AUC (blue), TPR at 1 % FPR (orange); line: 1.0", fill="black")
+    draw.line([(label_width + span, 20), (label_width + span, height)], fill="grey")
+    for index, score in enumerate(scores):
+        top = 24 + index * row
+        draw.text((4, top + 4), score.setting[:40], fill="black")
+        draw.rectangle([label_width, top, label_width + int(span * score.auc), top + row // 2 - 2],
+                       fill=(49, 106, 171))
+        draw.rectangle([label_width, top + row // 2, label_width + int(span * score.tpr), top + row - 3],
+                       fill=(230, 126, 34))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def render_study_markdown(summary: dict[str, Any]) -> str:
+    """Return the study's report: one table per task and the chosen setting."""
+    lines = ["# Protocol study", "",
+             f"Plan `{summary['plan']}`, TPR read at {summary['fpr']:.0%} FPR; positives are attacked copies "
+             f"within {summary['max_psnr_drop_db']} dB of their source's PSNR. Machine: {summary['machine']}. "
+             f"Run: {summary['created_at']}, {summary['seconds']:.0f} s.", ""]
+    for task, result in summary["tasks"].items():
+        lines += [f"## {task}", "",
+                  f"{result['positives']} positives, chosen: `{result['chosen']}`."]
+        if result["excluded_positives"]:
+            lines.append("Left out (lost more than the budget): " + ", ".join(
+                f"{item['model']} ({item['psnr_change_db']:+.2f} dB)" for item in result["excluded_positives"]) + ".")
+        lines += ["", f"![{task} settings]({task}/protocol-study.png)", "",
+                  "| setting | AUC | TPR | derived positives | false positives | smallest negative d/eta "
+                  "| largest positive d/eta | cost | s per model |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for score in result["scores"]:
+            low, high = score["min_negative"], score["max_positive"]
+            lines.append(
+                f"| `{score['setting']}` | {score['auc']:.3f} | {score['tpr']:.3f} | "
+                f"{score['derived_positives']}/{score['positives']} | {score['false_positives']}/{score['negatives']} | "
+                f"{_fmt(low['ratio'])} ({low['source']} vs {low['suspect']}) | "
+                f"{_fmt(high['ratio'])} ({high['suspect']}) | {score['cost']:.2g} | {score['seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)

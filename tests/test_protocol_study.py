@@ -1,0 +1,197 @@
+"""The protocol study (``critprint bench --study protocol``) on the reduced plan, at toy size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import critprint.evaluation.protocol_study as study_module
+import critprint.evaluation.runner as runner_module
+from critprint import zoo
+from critprint.cli.app import app
+from critprint.decision import decide, feature_distance, threshold
+from critprint.errors import InvalidInputError
+from critprint.evaluation import get_plan
+from critprint.evaluation.protocol_study import (
+    SettingScore,
+    choose_setting,
+    parse_setting,
+    protocol_key,
+    run_protocol_study,
+)
+from critprint.evaluation.runner import AttackedModels
+from critprint.features import feature_vector
+from critprint.fingerprint import load_fingerprint
+from critprint.protocol import FeatureSettings, get_protocol
+
+
+def _plan():  # type: ignore[no-untyped-def]
+    """Three denoisers, two attacks that need no training, 4 Adam steps."""
+    return get_plan("quick", ("denoise",), attacks=("prune", "quantize"), iterations=4, methods=("critprint",))
+
+
+def test_parse_setting_reads_protocol_feature_and_study_keys() -> None:
+    setting = parse_setting("noise_sigma=0.3,iterations=250,colour_bins=8,lgp_points=8,lgp_radius=1,seeds=2,"
+                            "extra_noise=0.1+0.5,schedule=cosine")
+    assert setting.changes == (("noise_sigma", 0.3), ("iterations", 250), ("schedule", "cosine"))
+    assert (setting.colour_bins, setting.lgp_points, setting.lgp_radius) == (8, 8, 1.0)
+    assert (setting.seeds, setting.extra_noise) == (2, (0.1, 0.5))
+    assert not setting.expressible
+    base = get_protocol("quick", "denoise")
+    assert setting.cost(base) == pytest.approx(0.5 * 2 * 3)
+    protocols = setting.extraction_protocols(base)
+    assert [[(p.noise_sigma, p.seed, p.iterations) for p in strength] for strength in protocols] == [
+        [(0.3, 0, 250), (0.3, 1, 250)], [(0.1, 0, 250), (0.1, 1, 250)], [(0.5, 0, 250), (0.5, 1, 250)],
+    ]
+    assert parse_setting("base") == parse_setting("")
+    assert parse_setting("base").expressible
+    assert parse_setting("size=96").cost(base) == pytest.approx(2.25)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("foo=1", "invalid setting key 'foo' in 'foo=1': expected one of"),
+        ("size=big", "invalid setting value size='big': expected int"),
+        ("noise_sigma", "invalid setting 'noise_sigma' in 'noise_sigma': expected key=value"),
+        ("size=64,size=96", "key 'size' appears twice; give it once"),
+        ("seeds=0", "invalid setting seeds=0 in 'seeds=0': expected an integer >= 1"),
+        ("extra_noise=0.1+-1", "expected numbers >= 0 joined by +"),
+        ("seed=3", "invalid setting key 'seed'"),
+    ],
+)
+def test_parse_setting_rejects_bad_text(text: str, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+        parse_setting(text)
+    assert "\n" not in str(caught.value)
+
+
+def _score(name: str, tpr: float, cost: float, auc: float, expressible: bool = True) -> SettingScore:
+    return SettingScore(setting=name, auc=auc, tpr=tpr, derived_positives=0, false_positives=0, positives=1,
+                        negatives=1, min_negative=(2.0, "a", "b"), max_positive=(0.5, "a", "a+x"), missed=(),
+                        confused=(), cost=cost, seconds=0.0, length=30, expressible=expressible)
+
+
+def test_choose_setting_prefers_tpr_then_cost_then_auc() -> None:
+    scores = [_score("a", 0.9, 1.0, 1.0), _score("b", 0.95, 2.0, 0.97), _score("c", 0.95, 1.0, 0.96),
+              _score("d", 0.95, 1.0, 0.99), _score("e", 1.0, 0.5, 1.0, expressible=False)]
+    assert choose_setting(scores).setting == "d"
+    with pytest.raises(InvalidInputError, match="no setting a protocol can record"):
+        choose_setting([scores[-1]])
+
+
+def test_study_scores_match_decide_and_reuse_extractions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ["base", "colour_bins=8", "seeds=2", "extra_noise=0.3"]
+    summary = run_protocol_study(["denoise"], tmp_path, {"denoise": settings}, _plan())
+    result = summary["tasks"]["denoise"]
+    assert [score["setting"] for score in result["scores"]] == settings
+    assert result["positives"] == 4
+    assert result["excluded_positives"] == []
+    assert summary == json.loads((tmp_path / "protocol-study.json").read_text(encoding="utf-8"))
+    assert "| `colour_bins=8` |" in (tmp_path / "protocol-study.md").read_text(encoding="utf-8")
+    with Image.open(tmp_path / "denoise" / "protocol-study.png") as chart:
+        assert chart.size[1] > 4 * 20
+
+    base = get_protocol("quick", "denoise", iterations=4)
+
+    def record(name: str, **changes: object):  # type: ignore[no-untyped-def]
+        return load_fingerprint(tmp_path / "denoise" / "study" / protocol_key(base.replace(**changes))
+                                / f"{name}.safetensors")
+
+    scores = {score["setting"]: score for score in result["scores"]}
+    # The base setting is the paper's rule on the stored features.
+    worst = max((decide(record(s).features, record(f"{s}+{a}").features).ratio, f"{s}+{a}")
+                for s in ("dncnn", "compact-dn") for a in ("prune", "quantize"))
+    assert scores["base"]["max_positive"]["ratio"] == pytest.approx(worst[0], rel=1e-12)
+    assert scores["base"]["max_positive"]["suspect"] == worst[1]
+    # Eight colour bins: features recomputed from the same images, eta for L = 3 * 8 + 18.
+    eight = FeatureSettings(colour_bins=8)
+    pairs = [(a, b) for a in ("dncnn", "compact-dn", "dncnn-h") for b in ("dncnn", "compact-dn", "dncnn-h") if a != b]
+    lowest = min(feature_distance(feature_vector(record(a).critical_image, eight),
+                                  feature_vector(record(b).critical_image, eight)) / threshold(42) for a, b in pairs)
+    assert scores["colour_bins=8"]["length"] == 42
+    assert scores["colour_bins=8"]["min_negative"]["ratio"] == pytest.approx(lowest, rel=1e-12)
+    # Two seeds: seed 1 was extracted, and the features are the mean of both.
+    def averaged(name: str):  # type: ignore[no-untyped-def]
+        return (record(name).features + record(name, seed=1).features) / 2
+
+    lowest = min(feature_distance(averaged(a), averaged(b)) / threshold(30) for a, b in pairs)
+    assert scores["seeds=2"]["min_negative"]["ratio"] == pytest.approx(lowest, rel=1e-12)
+    assert scores["extra_noise=0.3"]["length"] == 60
+    assert scores["seeds=2"]["cost"] == 2.0
+    assert scores["base"]["cost"] == 1.0
+
+    def no_extraction(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the second run extracted again")
+
+    monkeypatch.setattr(runner_module, "fingerprint_model", no_extraction)
+    again = run_protocol_study(["denoise"], tmp_path, {"denoise": settings}, _plan())
+    assert [score["auc"] for score in again["tasks"]["denoise"]["scores"]] == [score["auc"] for score in
+                                                                               result["scores"]]
+
+
+def test_copies_past_the_psnr_budget_are_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = {name: zoo.model_path(name) for name in ("dncnn", "compact-dn", "dncnn-h")}
+    paths |= {"dncnn+prune": zoo.model_path("dncnn"), "compact-dn+prune": zoo.model_path("compact-dn")}
+    attacks = [{"source": "dncnn", "model": "dncnn+prune", "psnr_change_db": -0.4},
+               {"source": "compact-dn", "model": "compact-dn+prune", "psnr_change_db": -1.6}]
+    monkeypatch.setattr(study_module, "attacked_models",
+                        lambda *args, **kwargs: AttackedModels(paths=paths, attacks=attacks, failures=[]))
+    plan = get_plan("quick", ("denoise",), attacks=("prune",), iterations=2, methods=("critprint",))
+    summary = run_protocol_study(["denoise"], tmp_path, {"denoise": ["base"]}, plan)
+    result = summary["tasks"]["denoise"]
+    assert result["positives"] == 1
+    assert result["excluded_positives"] == [{"model": "compact-dn+prune", "psnr_change_db": -1.6}]
+    score = result["scores"][0]
+    # The same weights under another name: d = 0, the largest positive ratio.
+    assert score["max_positive"] == {"ratio": 0.0, "source": "dncnn", "suspect": "dncnn+prune"}
+    assert score["positives"] == 1
+    assert score["negatives"] == 6
+
+
+def test_bad_setting_is_rejected_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="invalid size 7: expected an integer >= 8"):
+        run_protocol_study(["denoise"], tmp_path, {"denoise": ["base", "size=7"]}, _plan())
+    assert not any(tmp_path.iterdir())
+
+
+cli = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--setting", "noise_sigma=0.3"], "--setting noise_sigma=0.3 applies only to a study; add --study protocol"),
+        (["--study", "protocol", "--setting", "foo=1"], "invalid setting key 'foo'"),
+        (["--study", "protocol", "--seeds", "3"], "--seeds does not apply to --study protocol; leave it out"),
+        (["--study", "seeds", "--setting", "size=96"], "--setting does not apply to --study seeds; leave it out"),
+        (["--study", "protocol", "--task", "inpaint"], "invalid task 'inpaint'"),
+    ],
+)
+def test_cli_bad_protocol_study_arguments(tmp_path: Path, arguments: list[str], message: str) -> None:
+    result = cli.invoke(app, ["bench", "--out", str(tmp_path / "out"), *arguments])
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_protocol_study_json_and_table(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    arguments = ["bench", "--study", "protocol", "--quick", "--task", "denoise", "--iterations", "3",
+                 "--setting", "base", "--setting", "lgp_points=8,lgp_radius=1", "--out", str(out)]
+    result = cli.invoke(app, [*arguments, "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary == json.loads((out / "protocol-study.json").read_text(encoding="utf-8"))
+    scores = summary["tasks"]["denoise"]["scores"]
+    assert [score["length"] for score in scores] == [30, 3 * 4 + 10]
+    assert summary["tasks"]["denoise"]["chosen"] in ("base", "lgp_points=8,lgp_radius=1")
+    table = cli.invoke(app, arguments)
+    assert table.exit_code == 0, table.stderr
+    assert "lgp_points=8,lgp_radius=1" in table.stdout
+    assert "protocol-study.md" in table.stdout
