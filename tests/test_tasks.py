@@ -19,7 +19,7 @@ from critprint.cli import app
 from critprint.degradations import get_degradation, load_custom_degradation
 from critprint.errors import IncompatibleModelError, InvalidInputError
 from critprint.extraction import extract_critical_image
-from critprint.models import infer_task, load_model, read_state_dict, save_state_dict
+from critprint.models import DEFAULT_NOISE_MAP_LEVEL, infer_task, load_model, read_state_dict, save_state_dict
 from critprint.protocol import TASKS, Protocol, get_protocol
 from critprint.registry import Registry
 
@@ -155,6 +155,8 @@ def test_old_record_still_loads() -> None:
         ({"rain_intensity": -0.1}, "invalid rain_intensity -0.1"),
         ({"jpeg_quality": 101}, "invalid jpeg_quality 101: expected an integer in \\[1, 100\\]"),
         ({"noise_map_level": -0.1}, "invalid noise_map_level -0.1"),
+        ({"noise_map_level": float("inf")}, "invalid noise_map_level inf: expected a finite number"),
+        ({"noise_sigma": float("nan")}, "invalid noise_sigma nan: expected a finite number"),
         ({"custom_degradation": "a:b"}, "invalid custom_degradation 'a:b' for task 'deblur'"),
         ({"scale": 2}, "invalid scale 2 for task 'deblur': expected 1"),
     ],
@@ -404,3 +406,200 @@ def test_drunet_noise_map_end_to_end(tmp_path: Path) -> None:
     api.register(str(source), "drunet", registry, protocol=protocol)
     assert registry.load("drunet").protocol.noise_map_level == 25 / 255
     assert api.verify_registered(str(pruned), "drunet", registry).verdict == "derived"
+
+
+# ------------------------------------------- the same weights at several inputs
+
+
+@pytest.fixture(scope="module")
+def drunet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DRUNet, a model with a noise-level input."""
+    return save_state_dict(_tiny_drunet(2).state_dict(), tmp_path_factory.mktemp("drunet") / "drunet.safetensors")
+
+
+def _register_cli(model: Path, name: str, registry: Path, *options: str) -> None:
+    code, _, stderr = run("register", model, "--name", name, "--registry", registry, *FAST, *options)
+    assert code == 0, stderr
+
+
+def _show(name: str, registry: Path) -> dict[str, object]:
+    code, stdout, stderr = run("show", name, "--registry", registry, "--json")
+    assert code == 0, stderr
+    return json.loads(stdout)
+
+
+def _verify(model: Path, name: str, registry: Path) -> dict[str, object]:
+    code, stdout, stderr = run("verify", model, "--against", name, "--registry", registry, "--json")
+    assert code == 0, stderr
+    return json.loads(stdout)
+
+
+def test_same_drunet_at_two_map_levels(tmp_path: Path, drunet_file: Path) -> None:
+    registry = tmp_path / "registry"
+    _register_cli(drunet_file, "low", registry, "--noise-map-level", "5/255")
+    _register_cli(drunet_file, "high", registry, "--noise-map-level", "0.2")
+    low, high = _show("low", registry), _show("high", registry)
+    assert low["noise_map_level"] == 5 / 255
+    assert high["noise_map_level"] == 0.2
+    assert low["protocol_settings"]["noise_map_level"] == 5 / 255  # type: ignore[index]
+    assert low["protocol"] == "custom"
+    assert low["model_sha256"] == high["model_sha256"]
+    assert low["features"] != high["features"]
+    # Each verification probes the same weights at its record's level, so the features match exactly.
+    for name, level in (("low", 5 / 255), ("high", 0.2)):
+        result = _verify(drunet_file, name, registry)
+        assert result["verdict"] == "derived"
+        assert result["distance"] == 0.0
+        assert result["protocol_settings"]["noise_map_level"] == level  # type: ignore[index]
+    code, stdout, _ = run("list", "--registry", registry, "--json")
+    assert [(row["name"], row["noise_map_level"]) for row in json.loads(stdout)] == [("high", 0.2), ("low", 5 / 255)]
+    code, stdout, _ = run("list", "--registry", registry)
+    assert "0.01961 (5/255)" in stdout
+
+
+def test_noise_map_default_recorded(tmp_path: Path, drunet_file: Path) -> None:
+    registry = tmp_path / "registry"
+    _register_cli(drunet_file, "plain", registry)
+    assert _show("plain", registry)["noise_map_level"] == DEFAULT_NOISE_MAP_LEVEL == 15 / 255
+    handle = load_model(drunet_file)
+    assert api.resolve_protocol(handle, "quick").replace(name="quick") == get_protocol(
+        "quick", "denoise", noise_map_level=15 / 255
+    )
+    # A protocol passed in is the one to probe with: its level stays as it is, None included.
+    assert api.resolve_protocol(handle, get_protocol("quick", "denoise")).noise_map_level is None
+
+
+def test_blind_denoiser_two_sigmas(tmp_path: Path, denoisers: dict[str, Path]) -> None:
+    registry = tmp_path / "registry"
+    _register_cli(denoisers["source"], "sigma-low", registry, "--noise-sigma", "25/255")
+    _register_cli(denoisers["source"], "sigma-high", registry, "--noise-sigma", "1")
+    low, high = _show("sigma-low", registry), _show("sigma-high", registry)
+    assert low["noise_sigma"] == 25 / 255
+    assert high["noise_sigma"] == 1.0
+    assert low["noise_map_level"] is None
+    assert high["noise_map_level"] is None
+    assert low["features"] != high["features"]
+    for name in ("sigma-low", "sigma-high"):
+        result = _verify(denoisers["source"], name, registry)
+        assert result["verdict"] == "derived"
+        assert result["distance"] == 0.0
+    assert _verify(denoisers["pruned"], "sigma-low", registry)["verdict"] == "derived"
+
+
+def test_identify_probes_once_per_input(
+    tmp_path: Path, drunet_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    protocol = Protocol(name="test", task="denoise", size=24, iterations=20)
+    api.register(drunet_file, "low", registry, protocol=protocol, noise_map_level=5 / 255)
+    api.register(drunet_file, "low-again", registry, protocol=protocol, noise_map_level=5 / 255)
+    api.register(drunet_file, "high", registry, protocol=protocol, noise_map_level=0.2)
+    levels: list[float | None] = []
+    real = api.extract_critical_image
+
+    def counting(handle: object, settings: Protocol, *args: object) -> object:
+        levels.append(settings.noise_map_level)
+        return real(handle, settings, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(api, "extract_critical_image", counting)
+    results = api.identify(drunet_file, registry)
+    assert sorted(levels) == [5 / 255, 0.2]  # type: ignore[type-var]
+    assert sorted((result.source, result.verdict) for result in results) == [
+        ("high", "derived"), ("low", "derived"), ("low-again", "derived"),
+    ]
+    assert {result.source: result.protocol_settings["noise_map_level"] for result in results} == {
+        "high": 0.2, "low": 5 / 255, "low-again": 5 / 255,
+    }
+
+
+def test_identify_cli_reports_both_records(tmp_path: Path, denoisers: dict[str, Path]) -> None:
+    registry = tmp_path / "registry"
+    _register_cli(denoisers["source"], "sigma-low", registry, "--noise-sigma", "0.1")
+    _register_cli(denoisers["source"], "sigma-high", registry)
+    code, stdout, stderr = run("identify", denoisers["pruned"], "--registry", registry, "--json")
+    assert code == 0, stderr
+    assert {(row["source"], row["verdict"]) for row in json.loads(stdout)} == {
+        ("sigma-low", "derived"), ("sigma-high", "derived"),
+    }
+
+
+def test_old_record_verifies_unchanged(tmp_path: Path, drunet_file: Path) -> None:
+    # A record written before registration stated the level: the protocol has none.
+    registry = Registry(tmp_path / "registry")
+    protocol = Protocol(name="test", task="denoise", size=24, iterations=20)
+    registry.add("old", api.fingerprint_model(drunet_file, protocol))
+    assert registry.load("old").protocol.noise_map_level is None
+    details = _show("old", tmp_path / "registry")
+    assert details["noise_map_level"] is None
+    code, stdout, _ = run("show", "old", "--registry", tmp_path / "registry")
+    assert "noise_map_level: - (no noise-level input, or a record older than this field" in stdout
+    # The suspect gets the default map, as it did then, which is the level new records state.
+    result = _verify(drunet_file, "old", tmp_path / "registry")
+    assert result["verdict"] == "derived"
+    assert result["distance"] == 0.0
+    new = api.register(drunet_file, "new", registry, protocol=protocol)
+    assert registry.load("new").protocol.noise_map_level == 15 / 255
+    assert new.noise_input == (1.0, 15 / 255)
+    assert torch.equal(registry.load("new").features, registry.load("old").features)
+
+
+def test_library_register_noise_input(tmp_path: Path, drunet_file: Path, denoisers: dict[str, Path]) -> None:
+    registry = Registry(tmp_path / "registry")
+    protocol = Protocol(name="test", task="denoise", size=24, iterations=20)
+    entry = api.register(drunet_file, "drunet", registry, protocol=protocol, noise_sigma=0.5, noise_map_level=0.1)
+    record = registry.load("drunet").protocol
+    assert entry.protocol == "custom"
+    assert record.noise_sigma == 0.5
+    assert record.noise_map_level == 0.1
+    assert entry.to_dict()["noise_sigma"] == 0.5
+    with pytest.raises(IncompatibleModelError, match="invalid noise_map_level 0.1 .* has no noise-level input"):
+        api.register(denoisers["source"], "dncnn", registry, protocol=protocol, noise_map_level=0.1)
+    # A protocol that carries a level cannot make a record claim one the model never received.
+    with pytest.raises(IncompatibleModelError, match="has no noise-level input"):
+        api.register(denoisers["source"], "dncnn", registry, protocol=protocol.replace(noise_map_level=0.1))
+    with pytest.raises(InvalidInputError, match="invalid noise_sigma -1"):
+        api.register(denoisers["source"], "dncnn", registry, protocol=protocol, noise_sigma=-1.0)
+    assert not registry.contains("dncnn")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code", "message"),
+    [
+        (["--noise-sigma=-0.1"], 2, "error: invalid --noise-sigma '-0.1': expected a finite number >= 0"),
+        (["--noise-map-level", "-1/255"], 2, "error: invalid --noise-map-level '-1/255': expected a finite number"),
+        (["--noise-sigma", "nan"], 2, "error: invalid --noise-sigma 'nan': expected a finite number"),
+        (["--noise-sigma", "high"], 2, "error: invalid --noise-sigma 'high': expected a number on the [0, 1] scale"),
+        (["--noise-map-level", "0.1"], 1, "error: invalid noise_map_level 0.1 (--noise-map-level): model "),
+    ],
+)
+def test_noise_option_errors(
+    tmp_path: Path, denoisers: dict[str, Path], arguments: list[str], code: int, message: str
+) -> None:
+    exit_code, _, stderr = run(
+        "register", denoisers["source"], "--name", "bad", "--registry", tmp_path, *FAST, *arguments
+    )
+    assert exit_code == code
+    assert stderr.startswith(message)
+    assert stderr.count("\n") == 1
+
+
+def test_noise_value_above_one_warns(tmp_path: Path, denoisers: dict[str, Path]) -> None:
+    exit_code, _, stderr = run(
+        "register", denoisers["source"], "--name", "loud", "--registry", tmp_path, *FAST, "--noise-sigma", "25"
+    )
+    assert exit_code == 0
+    assert stderr == (
+        "warning: --noise-sigma 25 is above 1 on the [0, 1] scale; write 25/255 for 25 on the 0-255 scale\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["verify", "identify"])
+@pytest.mark.parametrize("option", ["--noise-sigma", "--noise-map-level"])
+def test_probe_input_override_rejected(
+    tmp_path: Path, denoisers: dict[str, Path], command: str, option: str
+) -> None:
+    target = ["--against", "alpha"] if command == "verify" else []
+    exit_code, _, stderr = run(command, denoisers["source"], *target, "--registry", tmp_path, option, "0.2")
+    assert exit_code == 2
+    assert stderr.startswith(f"error: {command} takes no {option} (0.2): the suspect is probed at the input")
+    assert stderr.count("\n") == 1

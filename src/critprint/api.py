@@ -20,7 +20,7 @@ from critprint.errors import FingerprintFormatError, IncompatibleModelError, Inv
 from critprint.extraction import ProgressCallback, Runtime, check_compatible, extract_critical_image
 from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint, ModelIdentity, now_utc, software_versions
-from critprint.models import ModelHandle, infer_task, load_model
+from critprint.models import DEFAULT_NOISE_MAP_LEVEL, ModelHandle, infer_task, load_model
 from critprint.protocol import DEFAULT_PROTOCOL, Protocol, get_protocol
 from critprint.query import ProbeSettings, model_query, probe_inputs, run_queries
 from critprint.registry import IndexRow, Registry, RegistryEntry, decode_features
@@ -79,13 +79,27 @@ def resolve_protocol(
     protocol: str | Protocol = DEFAULT_PROTOCOL,
     task: str | None = None,
     custom_degradation: str | None = None,
+    *,
+    noise_sigma: float | None = None,
+    noise_map_level: float | None = None,
 ) -> Protocol:
     """Return the protocol to fingerprint ``handle`` with.
 
     A preset name is resolved for the model's task and scale; a
     :class:`Protocol` is checked against them. Random parameters left open
     (a motion kernel's angle) are drawn from the seed and recorded
-    (:meth:`Protocol.resolved`).
+    (:meth:`Protocol.resolved`). For a model with a noise-level input
+    (DRUNet, FDnCNN), a preset records the map level too: the one asked
+    for, else the architecture's default
+    :data:`~critprint.models.DEFAULT_NOISE_MAP_LEVEL`. A protocol passed in
+    keeps its level, None included, because it may be a source's protocol
+    that another model is probed with.
+
+    The same weights fingerprinted at two inputs (a blind denoiser at two
+    noise levels, a DRUNet at two map levels) give two fingerprints, each of
+    which records its input, so a suspect is probed at the same one. A
+    ``noise_sigma`` or ``noise_map_level`` given here renames the protocol
+    ``"custom"``, as any other change to a preset does.
 
     Args:
         handle: The loaded model.
@@ -94,10 +108,18 @@ def resolve_protocol(
             when only ``custom_degradation`` is given.
         custom_degradation: ``package.module:function`` of a custom
             degradation, for a preset name only.
+        noise_sigma: Standard deviation of the degradation's Gaussian noise,
+            [0, 1] scale (added to the low-resolution input for
+            super-resolution); None keeps the protocol's.
+        noise_map_level: Level of the constant noise-level map, [0, 1]
+            scale, for a model with a noise-level input only; None keeps the
+            protocol's, else the architecture's default.
 
     Raises:
-        InvalidInputError: If the preset name is unknown.
-        IncompatibleModelError: If the task or scale does not fit the model.
+        InvalidInputError: If the preset name is unknown or a noise value is
+            negative or not finite.
+        IncompatibleModelError: If the task or scale does not fit the model,
+            or a map level is set for a model without a noise-level input.
     """
     if isinstance(protocol, Protocol):
         resolved_task = infer_task(handle, task or protocol.task)
@@ -105,11 +127,40 @@ def resolve_protocol(
             raise IncompatibleModelError(
                 f"protocol task {protocol.task!r} does not match the model's task {resolved_task!r}"
             )
-        return protocol.resolved()
-    if custom_degradation:
+        settings = protocol.resolved()
+    elif custom_degradation:
         resolved = infer_task(handle, task or "custom")
-        return get_protocol(protocol, resolved, scale=handle.scale, custom_degradation=custom_degradation)
-    return get_protocol(protocol, infer_task(handle, task), scale=handle.scale)
+        settings = get_protocol(protocol, resolved, scale=handle.scale, custom_degradation=custom_degradation)
+    else:
+        settings = get_protocol(protocol, infer_task(handle, task), scale=handle.scale)
+    changes = {
+        key: value for key, value in (("noise_sigma", noise_sigma), ("noise_map_level", noise_map_level))
+        if value is not None
+    }
+    if changes:
+        settings = settings.replace(name="custom", **changes)
+    if noise_map_level is not None:
+        _check_noise_map(handle, settings)
+    if not isinstance(protocol, Protocol):
+        settings = _record_noise_map(handle, settings)
+    return settings
+
+
+def _check_noise_map(handle: ModelHandle, protocol: Protocol) -> None:
+    """Reject a map level for a model that has no noise-level input, which would ignore it."""
+    if protocol.noise_map_level is not None and not handle.noise_map:
+        raise IncompatibleModelError(
+            f"invalid noise_map_level {protocol.noise_map_level!r} (--noise-map-level): model {handle.source} "
+            f"({handle.architecture}) has no noise-level input; drop it, or set the degradation's noise with "
+            "noise_sigma (--noise-sigma)"
+        )
+
+
+def _record_noise_map(handle: ModelHandle, protocol: Protocol) -> Protocol:
+    """Return ``protocol`` with the map level stated for a model with a noise-level input, the default included."""
+    if handle.noise_map and protocol.noise_map_level is None:
+        return protocol.replace(noise_map_level=DEFAULT_NOISE_MAP_LEVEL)
+    return protocol
 
 
 def _identity(handle: ModelHandle) -> ModelIdentity:
@@ -130,6 +181,9 @@ def fingerprint_model(
     task: str | None = None,
     progress: ProgressCallback | None = None,
     runtime: Runtime | None = None,
+    *,
+    noise_sigma: float | None = None,
+    noise_map_level: float | None = None,
 ) -> Fingerprint:
     """Extract a model's fingerprint.
 
@@ -140,13 +194,17 @@ def fingerprint_model(
             model states it.
         progress: Optional ``callback(step, total, loss)``.
         runtime: Device and precision of the extraction; the CPU in float32 if None.
+        noise_sigma: The degradation's noise, [0, 1] scale, instead of the
+            protocol's (see :func:`resolve_protocol`).
+        noise_map_level: The noise-level map's value, [0, 1] scale, for a
+            model with a noise-level input (see :func:`resolve_protocol`).
 
     The record also contains the model's outputs on the query probes made from
     its critical image with the default :class:`ProbeSettings`, for
     query-only verification.
     """
     handle = _as_handle(model)
-    resolved = resolve_protocol(handle, protocol, task)
+    resolved = resolve_protocol(handle, protocol, task, noise_sigma=noise_sigma, noise_map_level=noise_map_level)
     result = extract_critical_image(handle, resolved, progress, runtime)
     probes = ProbeSettings()
     outputs = run_queries(model_query(handle, resolved), probe_inputs(result.critical_image, resolved, probes),
@@ -173,18 +231,30 @@ def register(
     task: str | None = None,
     progress: ProgressCallback | None = None,
     runtime: Runtime | None = None,
+    *,
+    noise_sigma: float | None = None,
+    noise_map_level: float | None = None,
 ) -> RegistryEntry:
     """Fingerprint a model and store it under a unique name.
 
     The name is checked before the extraction, so a duplicate fails fast;
-    it is checked again atomically when the record is written.
+    it is checked again atomically when the record is written. The same
+    weights may be registered under several names, at different inputs:
+    ``noise_sigma`` and ``noise_map_level`` as in :func:`resolve_protocol`.
+    The record states the noise-map level a model with a noise-level input
+    was given, the architecture's default included.
 
     Raises:
         DuplicateNameError: If ``name`` is already registered.
+        IncompatibleModelError: If a map level is set, here or in
+            ``protocol``, for a model without a noise-level input.
     """
     registry = registry or Registry()
     registry.ensure_available(name)
-    fingerprint = fingerprint_model(model, protocol, task, progress, runtime)
+    handle = _as_handle(model)
+    settings = resolve_protocol(handle, protocol, task, noise_sigma=noise_sigma, noise_map_level=noise_map_level)
+    _check_noise_map(handle, settings)
+    fingerprint = fingerprint_model(handle, _record_noise_map(handle, settings), task, progress, runtime)
     return registry.add(name, fingerprint)
 
 

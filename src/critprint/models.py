@@ -57,6 +57,7 @@ __all__ = [
     "save_state_dict",
     "file_sha256",
     "infer_task",
+    "DEFAULT_NOISE_MAP_LEVEL",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ ONNX_SUFFIX = ".onnx"
 
 # Architectures whose only use is denoising, so their task needs no --task.
 _DENOISING_ARCHITECTURES = frozenset({"DnCNN", "DRUNet", "SCUNet"})
+
+DEFAULT_NOISE_MAP_LEVEL = 15 / 255
+"""Level of the noise-level map spandrel feeds DRUNet and FDnCNN, [0, 1] scale."""
 
 # Side of the probe input used to measure the scale of a TorchScript, ONNX or
 # arch model, which states neither its scale nor its channels.
@@ -128,9 +132,10 @@ class ModelHandle:
     def with_noise_map_level(self, level: float | None) -> ModelHandle:
         """Return a handle that feeds a noise-level map of ``level`` ([0, 1] scale).
 
-        None keeps the architecture's default map (spandrel's, 15/255), and a
-        model without a noise-level map ignores the level, so a suspect of
-        another architecture can be probed with a source's protocol.
+        None keeps the architecture's default map (spandrel's,
+        :data:`DEFAULT_NOISE_MAP_LEVEL`), and a model without a noise-level
+        map ignores the level, so a suspect of another architecture can be
+        probed with a source's protocol.
         """
         if level is None or not self.noise_map:
             return self

@@ -169,7 +169,10 @@ class Protocol:
             ``package.module:function``; empty for other tasks.
         noise_map_level: Level of the constant noise-level map given to
             models that take one (DRUNet, FDnCNN), [0, 1] scale; None keeps
-            the architecture's default (15/255). Other models ignore it.
+            the architecture's default (15/255). Registration records the
+            level it used for such a model, the default included; None
+            remains in records made before that, and for models without a
+            map. Other models ignore it.
     """
 
     name: str
@@ -216,6 +219,8 @@ class Protocol:
         check_positive("beta", self.beta)
         check_positive("tv_weight", self.tv_weight, allow_zero=True)
         check_positive("noise_sigma", self.noise_sigma, allow_zero=True)
+        if not math.isfinite(self.noise_sigma):
+            raise InvalidInputError(f"invalid noise_sigma {self.noise_sigma!r}: expected a finite number >= 0")
         check_range("alpha", self.alpha, 0.0, 1.0)
         check_positive("sigma_h", self.sigma_h)
         if self.scale < 1:
@@ -249,6 +254,10 @@ class Protocol:
             raise InvalidInputError(f"invalid jpeg_quality {self.jpeg_quality!r}: expected an integer in [1, 100]")
         if self.noise_map_level is not None:
             check_positive("noise_map_level", self.noise_map_level, allow_zero=True)
+            if not math.isfinite(self.noise_map_level):
+                raise InvalidInputError(
+                    f"invalid noise_map_level {self.noise_map_level!r}: expected a finite number >= 0 or None"
+                )
         if self.task == "custom":
             if not CUSTOM_SPEC.match(self.custom_degradation):
                 raise InvalidInputError(

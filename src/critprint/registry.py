@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -245,12 +246,37 @@ class RegistryEntry:
     file: str = ""
     features: str = ""
 
+    @property
+    def noise_input(self) -> tuple[float | None, float | None]:
+        """The model's input the fingerprint was made at: ``(noise_sigma, noise_map_level)``.
+
+        ``noise_sigma`` is the degradation's noise and ``noise_map_level``
+        the noise-level map's value, both on the [0, 1] scale. The level is
+        None for a model without a noise-level input, and in records made
+        before registration stated it (such a model then got 15/255). Either
+        is None if the stored protocol cannot be read.
+        """
+        try:
+            settings = json.loads(self.protocol_json)
+        except ValueError:
+            return None, None
+        if not isinstance(settings, dict):
+            return None, None
+        sigma, level = settings.get("noise_sigma"), settings.get("noise_map_level")
+        return (
+            float(sigma) if isinstance(sigma, (int, float)) else None,
+            float(level) if isinstance(level, (int, float)) else None,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as a JSON-compatible dictionary (``protocol_json`` omitted)."""
+        noise_sigma, noise_map_level = self.noise_input
         return {
             "name": self.name,
             "task": self.task,
             "protocol": self.protocol,
+            "noise_sigma": noise_sigma,
+            "noise_map_level": noise_map_level,
             "model_sha256": self.model_sha256,
             "model_source": self.model_source,
             "architecture": self.architecture,

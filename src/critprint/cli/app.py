@@ -8,6 +8,8 @@ shows its traceback.
 from __future__ import annotations
 
 import logging
+import math
+import re
 import tempfile
 import time
 import warnings
@@ -27,6 +29,7 @@ from critprint.cli.output import (
     JobProgress,
     fail_on_errors,
     print_json,
+    stderr,
     stdout,
     usage_error,
     verification_table,
@@ -150,6 +153,80 @@ ProtocolOption = Annotated[
 ]
 
 
+NoiseSigmaOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--noise-sigma",
+        metavar="SIGMA",
+        help=(
+            "Override the standard deviation of the degradation's Gaussian noise, on the [0, 1] intensity scale "
+            "(0.1), or as N/255 for N on the 0-255 scale (25/255); for sr it is added to the low-resolution "
+            "input. Default: the task's (1 for denoise, 0 for sr). Use it to fingerprint a blind denoiser "
+            "at another noise level."
+        ),
+    ),
+]
+NoiseMapLevelOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--noise-map-level",
+        metavar="LEVEL",
+        help=(
+            "Value of the noise-level map fed to a model with a noise-level input (DRUNet, FDnCNN), on the "
+            "[0, 1] scale (0.1) or as N/255 (25/255). Default: the architecture's, 15/255."
+        ),
+    ),
+]
+# Hidden options of verify and identify: a value is rejected with the reason and the fix.
+ProbeNoiseSigmaOption = Annotated[Optional[str], typer.Option("--noise-sigma", hidden=True)]
+ProbeNoiseMapLevelOption = Annotated[Optional[str], typer.Option("--noise-map-level", hidden=True)]
+
+# N/255: a level on the 0-255 scale, divided by 255 exactly as Python divides.
+_PER_255 = re.compile(r"^\s*(?P<number>[^/]+?)\s*/\s*255\s*$")
+
+
+def _noise_value(option: str, text: str | None) -> float | None:
+    """Parse a noise option, a number on the [0, 1] scale or N/255; exit with status 2 on a bad value.
+
+    A plain number above 1 is kept, with a warning that N/255 may have been meant.
+    """
+    if text is None:
+        return None
+    match = _PER_255.match(text)
+    try:
+        value = float(match.group("number")) / 255 if match else float(text)
+    except ValueError:
+        usage_error(f"invalid {option} {text!r}: expected a number on the [0, 1] scale (0.1) or N/255 (25/255)")
+    if not math.isfinite(value) or value < 0:
+        usage_error(f"invalid {option} {text!r}: expected a finite number >= 0 on the [0, 1] scale, or N/255")
+    if value > 1 and match is None:
+        stderr.print(
+            f"warning: {option} {text} is above 1 on the [0, 1] scale; write {text}/255 for {text} on the 0-255 scale",
+            markup=False,
+        )
+    return value
+
+
+def _reject_probe_overrides(command: str, noise_sigma: str | None, noise_map_level: str | None) -> None:
+    """Exit with status 2 if verify or identify was given an input the fingerprints already record."""
+    for option, value in (("--noise-sigma", noise_sigma), ("--noise-map-level", noise_map_level)):
+        if value is not None:
+            usage_error(
+                f"{command} takes no {option} ({value}): the suspect is probed at the input each fingerprint "
+                f"records; to compare at {value}, register the source under another name with {option} {value}"
+            )
+
+
+def _level_text(value: float | None) -> str:
+    """Return a noise value on the [0, 1] scale for people: ``0.0588 (15/255)``, or ``-`` for None."""
+    if value is None:
+        return "-"
+    steps = round(value * 255)
+    if 0 < value < 1 and steps / 255 == value:
+        return f"{value:.4g} ({steps}/255)"
+    return f"{value:.4g}"
+
+
 def _arch_arguments(arch: str | None, arch_kwargs: str | None) -> tuple[ArchSpec | None, dict[str, Any] | None]:
     """Parse --arch and --arch-kwargs, exiting with status 2 on a malformed value."""
     if arch_kwargs is not None and arch is None:
@@ -206,6 +283,8 @@ def register(
         Optional[int], typer.Option("--iterations", min=1, help="Override the number of Adam steps.")
     ] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Override the random seed.")] = None,
+    noise_sigma: NoiseSigmaOption = None,
+    noise_map_level: NoiseMapLevelOption = None,
     custom_degradation: Annotated[
         Optional[str],
         typer.Option(
@@ -225,17 +304,23 @@ def register(
 ) -> None:
     """Extract a model's fingerprint and store it in the registry.
 
-    Overriding --size, --iterations or --seed records the protocol as "custom".
+    Overriding --size, --iterations, --seed, --noise-sigma or --noise-map-level records the
+    protocol as "custom". The same weights may be registered under several names, at
+    different noise inputs; a suspect is then probed at each record's input.
     """
     _configure_logging(debug)
     architecture = _arch_arguments(arch, arch_kwargs)
+    sigma = _noise_value("--noise-sigma", noise_sigma)
+    level = _noise_value("--noise-map-level", noise_map_level)
     start = time.perf_counter()
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         _check_names(task, protocol)
         runtime = _runtime(device, autocast)
         store = Registry(registry)
         handle = _load(model, torchscript, architecture)
-        settings = api.resolve_protocol(handle, protocol, task, custom_degradation)
+        settings = api.resolve_protocol(
+            handle, protocol, task, custom_degradation, noise_sigma=sigma, noise_map_level=level
+        )
         overrides = {
             key: value for key, value in (("size", size), ("iterations", iterations), ("seed", seed))
             if value is not None
@@ -249,6 +334,10 @@ def register(
         print_json({**entry.to_dict(), "elapsed_seconds": time.perf_counter() - start})
         return
     stdout.print(f"registered {entry.name}: task {entry.task}, protocol {entry.protocol}, {entry.architecture}")
+    recorded_sigma, recorded_level = entry.noise_input
+    stdout.print(f"  noise sigma  {_level_text(recorded_sigma)}", markup=False)
+    if recorded_level is not None:
+        stdout.print(f"  noise map    {_level_text(recorded_level)}", markup=False)
     stdout.print(f"  model sha256 {entry.model_sha256}")
     stdout.print(f"  fingerprint  {entry.path}")
 
@@ -276,12 +365,16 @@ def verify(
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
+    noise_sigma: ProbeNoiseSigmaOption = None,
+    noise_map_level: ProbeNoiseMapLevelOption = None,
 ) -> None:
     """Decide whether SUSPECT is derived from a source fingerprint.
 
-    The suspect is probed with exactly the source's recorded protocol and random draws.
+    The suspect is probed with exactly the source's recorded protocol and random draws, its
+    noise sigma and noise-map level included.
     """
     _configure_logging(debug)
+    _reject_probe_overrides("verify", noise_sigma, noise_map_level)
     if (against is None) == (fingerprint is None):
         usage_error("pass exactly one of --against NAME or --fingerprint FILE")
     architecture = _arch_arguments(arch, arch_kwargs)
@@ -326,9 +419,16 @@ def identify(
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
+    noise_sigma: ProbeNoiseSigmaOption = None,
+    noise_map_level: ProbeNoiseMapLevelOption = None,
 ) -> None:
-    """Compare SUSPECT with every registered fingerprint of its task, closest first."""
+    """Compare SUSPECT with every registered fingerprint of its task, closest first.
+
+    The suspect is probed once per distinct recorded protocol, at each one's noise sigma and
+    noise-map level.
+    """
     _configure_logging(debug)
+    _reject_probe_overrides("identify", noise_sigma, noise_map_level)
     architecture = _arch_arguments(arch, arch_kwargs)
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         _check_names(task)
@@ -367,14 +467,19 @@ def list_fingerprints(
         stdout.print("no fingerprints registered")
         return
     table = Table()
-    for column in ("name", "task", "protocol", "architecture", "scale", "model sha256", "created"):
+    columns = ("name", "task", "protocol", "noise sigma", "noise map", "architecture", "scale", "model sha256", "created")
+    for column in columns:
         table.add_column(column)
     for entry in entries:
+        recorded_sigma, recorded_level = entry.noise_input
         table.add_row(
-            entry.name, entry.task, entry.protocol, entry.architecture, str(entry.scale),
-            entry.model_sha256[:16], entry.created_at,
+            entry.name, entry.task, entry.protocol, _level_text(recorded_sigma), _level_text(recorded_level),
+            entry.architecture, str(entry.scale), entry.model_sha256[:16], entry.created_at,
         )
     stdout.print(table)
+
+
+_NO_LEVEL = "- (no noise-level input, or a record older than this field: such a model got 15/255)"
 
 
 @app.command()
@@ -384,7 +489,11 @@ def show(
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Show a registered fingerprint: model, protocol, versions and features."""
+    """Show a registered fingerprint: model, protocol, noise input, versions and features.
+
+    noise_sigma is the degradation's noise and noise_map_level the value of the noise-level
+    map (models with a noise-level input), both on the [0, 1] scale.
+    """
     _configure_logging(debug)
     with fail_on_errors(debug):
         store = Registry(registry)
@@ -405,6 +514,10 @@ def show(
     for key, value in details.items():
         if key == "features":
             value = " ".join(f"{item:.4f}" for item in record.features.tolist())
+        if key == "noise_sigma":
+            value = _level_text(value)
+        if key == "noise_map_level":
+            value = _level_text(value) if value is not None else _NO_LEVEL
         if isinstance(value, dict):
             stdout.print(f"{key}:", markup=False)
             for inner_key, inner_value in value.items():
