@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,16 +71,25 @@ def test_parse_setting_rejects_bad_text(text: str, message: str) -> None:
     assert "\n" not in str(caught.value)
 
 
-def _score(name: str, tpr: float, cost: float, auc: float, expressible: bool = True) -> SettingScore:
-    return SettingScore(setting=name, auc=auc, tpr=tpr, derived_positives=0, false_positives=0, positives=1,
-                        negatives=1, min_negative=(2.0, "a", "b"), max_positive=(0.5, "a", "a+x"), missed=(),
+def _score(name: str, tpr: float, cost: float, auc: float, derived: int = 1, expressible: bool = True,
+           gap: tuple[float, float] = (2.0, 0.5)) -> SettingScore:
+    return SettingScore(setting=name, auc=auc, tpr=tpr, derived_positives=derived, false_positives=0, positives=2,
+                        negatives=2, min_negative=(gap[0], "a", "b"), max_positive=(gap[1], "a", "a+x"), missed=(),
                         confused=(), cost=cost, seconds=0.0, length=30, expressible=expressible)
 
 
-def test_choose_setting_prefers_tpr_then_cost_then_auc() -> None:
+def test_choose_setting_ranks_tpr_cost_verdicts_auc_gap() -> None:
     scores = [_score("a", 0.9, 1.0, 1.0), _score("b", 0.95, 2.0, 0.97), _score("c", 0.95, 1.0, 0.96),
               _score("d", 0.95, 1.0, 0.99), _score("e", 1.0, 0.5, 1.0, expressible=False)]
     assert choose_setting(scores).setting == "d"
+    # Same TPR and cost: more positives called derived under d < eta win over a higher AUC.
+    assert choose_setting([*scores, _score("f", 0.95, 1.0, 0.9, derived=2)]).setting == "f"
+    # ... unless they come with a negative called derived.
+    accusing = replace(_score("h", 0.95, 1.0, 0.99, derived=2), false_positives=1)
+    assert choose_setting([*scores, accusing]).setting == "d"
+    # Everything else equal: the wider gap between negatives and positives wins.
+    wide = _score("g", 0.95, 1.0, 0.99, gap=(8.0, 0.5))
+    assert choose_setting([*scores, wide]).setting == "g"
     with pytest.raises(InvalidInputError, match="no setting a protocol can record"):
         choose_setting([scores[-1]])
 
