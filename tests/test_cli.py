@@ -10,7 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from critprint.cli import app
+from critprint.decision import threshold
 from critprint.fingerprint import load_fingerprint
+from critprint.protocol import DEFAULT_PROTOCOL, get_protocol
 
 runner = CliRunner()
 
@@ -59,7 +61,9 @@ def test_verify_same_model_derived(registered: Path, model_dir: Path) -> None:
         assert key in result
     assert result["verdict"] == "derived"
     assert result["distance"] == 0.0
-    assert result["threshold"] == pytest.approx(1.387e-4, rel=1e-3)
+    # The default protocol's histograms: L = 3 * colour bins + LGP points + 2, eta for that L.
+    features = get_protocol(DEFAULT_PROTOCOL, "denoise").features
+    assert result["threshold"] == pytest.approx(threshold(features.length(3)), rel=1e-12)
 
 
 def test_verify_with_fingerprint_file(registered: Path, model_dir: Path) -> None:
@@ -105,7 +109,7 @@ def test_list_show_export_remove(registered: Path, tmp_path: Path) -> None:
     code, stdout, _ = run("show", "alpha", "--registry", registered, "--json")
     details = json.loads(stdout)
     assert details["protocol_settings"]["size"] == 24
-    assert len(details["features"]) == 30
+    assert len(details["features"]) == get_protocol(DEFAULT_PROTOCOL, "denoise").features.length(3)
     picture = tmp_path / "alpha.png"
     code, _, _ = run("export", "alpha", "--out", picture, "--registry", registered)
     assert code == 0

@@ -12,8 +12,10 @@ Presets:
   in [0, 1], 4-bin colour histograms and rotation-invariant uniform LGP with
   P = 16, R = 2, alpha 0.05 and sigma_h 0.015. For super-resolution the
   low-resolution input is the average-pooled image with no noise.
-* ``quick``: the same objective on a 64 x 64 image for 500 iterations, for
-  demos and tests on a CPU.
+* ``quick``: the same objective on a 64 x 64 image for 500 iterations.
+* ``tuned`` (the default): ``quick`` with the per-task changes that
+  ``critprint bench --study protocol`` chose (:data:`TUNED_CHANGES`), such as
+  noise on the low-resolution input for super-resolution.
 
 The paper covers denoising and super-resolution; for the other tasks the
 presets pick the degradation parameters documented in docs/method.md and in
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_PROTOCOL",
     "TASKS",
     "TASK_DEFAULTS",
+    "TUNED_CHANGES",
     "get_protocol",
     "seeded_generator",
 ]
@@ -326,11 +329,19 @@ class Protocol:
 _PAPER = {"size": 128, "iterations": 5000}
 _QUICK = {"size": 64, "iterations": 500}
 
-PRESETS: dict[str, dict[str, Any]] = {"paper": _PAPER, "quick": _QUICK}
+PRESETS: dict[str, dict[str, Any]] = {"paper": _PAPER, "quick": _QUICK, "tuned": _QUICK}
 """Named protocols, as the fields that differ from the :class:`Protocol` defaults."""
 
-DEFAULT_PROTOCOL = "quick"
+DEFAULT_PROTOCOL = "tuned"
 """The preset ``register`` and the library use when none is named."""
+
+TUNED_CHANGES: dict[str, dict[str, Any]] = {
+    # Settings chosen by ``critprint bench --study protocol``; docs/benchmarks.md
+    # ("Protocol study") gives the numbers behind each.
+    "denoise": {"features": {"lgp_points": 8, "lgp_radius": 1.0}},
+    "sr": {"noise_sigma": 0.3, "features": {"lgp_points": 8, "lgp_radius": 1.0}},
+}
+"""Changes the ``tuned`` preset makes to ``quick`` per task; ``features`` holds :class:`FeatureSettings` fields."""
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # The paper's denoising noise: sigma 1 on the [0, 1] scale.
@@ -381,7 +392,7 @@ def get_protocol(name: str, task: Task, scale: int = 1, **changes: Any) -> Proto
     """Return the named preset resolved for a task and scale.
 
     Args:
-        name: One of ``"paper"`` or ``"quick"``.
+        name: One of ``"paper"``, ``"quick"`` or ``"tuned"``.
         task: One of :data:`TASKS`.
         scale: The model's scale; must be 1 unless the task is ``"sr"`` or
             ``"custom"``. The preset size is rounded down to a multiple of it.
@@ -404,6 +415,11 @@ def get_protocol(name: str, task: Task, scale: int = 1, **changes: Any) -> Proto
     if not isinstance(scale, int) or scale < 1:
         raise InvalidInputError(f"invalid scale {scale!r}: expected an integer >= 1")
     fields: dict[str, Any] = {**PRESETS[name], **TASK_DEFAULTS[task]}
+    if name == "tuned":
+        tuned = dict(TUNED_CHANGES.get(task, {}))
+        if "features" in tuned:
+            tuned["features"] = FeatureSettings(**tuned["features"])
+        fields.update(tuned)
     fields["size"] -= fields["size"] % scale
     fields.update(changes)
     return Protocol(name=name, task=task, scale=scale, **fields).resolved()
