@@ -664,6 +664,15 @@ def bench(
         Optional[list[str]],
         typer.Option("--method", metavar="METHOD", help="Run only this method; repeat for several. Default: all."),
     ] = None,
+    sources: Annotated[
+        Optional[list[str]],
+        typer.Option("--source", metavar="MODEL", help="Attack only this source model (the others are still "
+                     "compared); repeat for several. Default: every source of the plan."),
+    ] = None,
+    attacks: Annotated[
+        Optional[list[str]],
+        typer.Option("--attack", metavar="ATTACK", help="Run only this attack; repeat for several. Default: the plan's."),
+    ] = None,
     study: Annotated[
         Optional[str],
         typer.Option("--study", metavar="NAME", help="Run a study instead of the plan: seeds (critical images of "
@@ -684,9 +693,11 @@ def bench(
     and, per task, DIR/TASK/seeds-montage.png and seeds-matrix.png instead.
     """
     from critprint.evaluation import get_plan, run_bench
+    from critprint.evaluation.plan import restrict_attacks
 
     if study is not None or seeds is not None:
-        unused = [name for name, given in (("--quick", quick), ("--method", bool(methods))) if given]
+        unused = [name for name, given in (("--quick", quick), ("--method", bool(methods)), ("--source", bool(sources)),
+                                           ("--attack", bool(attacks))) if given]
         run_study(study, seeds, out, tasks, protocol, iterations, unused, json_output, quiet, debug)
         return
     _configure_logging(debug)
@@ -697,7 +708,10 @@ def bench(
             changes["protocol"] = protocol
         if methods:
             changes["methods"] = tuple(methods)
-        plan = get_plan("quick" if quick else "full", tuple(tasks) if tasks else None, **changes)
+        plan = get_plan("quick" if quick else "full", tuple(tasks) if tasks else None,
+                        tuple(sources) if sources else None, **changes)
+        if attacks:
+            plan = restrict_attacks(plan, tuple(attacks))
         summary = run_bench(plan, out, progress.update)
     if json_output:
         print_json(summary)
