@@ -167,3 +167,13 @@ def test_settings_that_do_not_fit_the_task_are_rejected(source: dict[str, torch.
         embed_watermark("ong", source, SR, OngSettings(key_size=5))
     with pytest.raises(InvalidInputError, match="invalid settings EmbedSettings for zhang: expected ZhangSettings"):
         embed_watermark("zhang", source, SR, EmbedSettings())
+
+
+def test_embedding_copes_with_in_place_inputs() -> None:
+    # spandrel's RCAN multiplies its input tensor by 255 in place; reusing that tensor would wreck the training.
+    rcan = read_state_dict(zoo.model_path("rcan-x4"))
+    result = embed_watermark("weakwm", rcan, SR, default_settings("weakwm", steps=4, batch_size=1))
+    assert fidelity(rcan, result.state_dict, SR).psnr_change_db > -1.0
+    trigger = result.key.tensors["trigger"].clone()
+    verify_watermark(rcan, result.key, SR)
+    assert torch.equal(result.key.tensors["trigger"], trigger)

@@ -339,10 +339,11 @@ def embed_loop(
             for step in range(1, settings.steps + 1):
                 clean = sample_patches(photos, settings.batch_size, patch_size, patch_generator)
                 network_input = degrade_batch(task, clean, noise_generator)
+                # Some networks scale their input in place (spandrel's RCAN), so each call gets its own copy.
                 with torch.no_grad():
-                    reference = original(network_input)
+                    reference = original(network_input.clone())
                 extra = extra_inputs(network_input, reference) if extra_inputs is not None else None
-                batch = network_input if extra is None else torch.cat([network_input, extra])
+                batch = network_input.clone() if extra is None else torch.cat([network_input, extra])
                 output = network(batch)
                 normal, on_extra = output[: len(network_input)], (None if extra is None else output[len(network_input) :])
                 task_loss = F.l1_loss(normal, reference)

@@ -117,6 +117,7 @@ def verify(state_dict: StateDict, key: WatermarkKey, task: RestorationTask) -> V
     network = TaskNetwork(state_dict, task)
     network.module.eval()
     with torch.no_grad():
-        output = network(key.tensors["trigger"].unsqueeze(0)).clamp(0.0, 1.0)
+        # A copy, because some networks scale their input in place (spandrel's RCAN).
+        output = network(key.tensors["trigger"].unsqueeze(0).clone()).clamp(0.0, 1.0)
     grid = int(key.settings["grid"])
     return verification(key, bit_accuracy(read_bits(output, grid), key.bits))
