@@ -149,6 +149,7 @@ def test_verify_rejects_a_key_of_another_task(marked: dict[str, Watermarked], so
         (lambda: EmbedSettings(false_alarm=0.7), "invalid false_alarm 0.7"),
         (lambda: EmbedSettings(seed=-1), "invalid seed -1"),
         (lambda: ZhangSettings(extractor_width=2), "invalid extractor_width 2"),
+        (lambda: ZhangSettings(margin=-1), "invalid margin -1: expected an integer >= 0"),
         (lambda: OngSettings(key_size=3), "invalid key_size 3"),
         (lambda: default_settings("stamp"), "invalid watermark method 'stamp': expected one of 'zhang'"),
     ],
@@ -165,6 +166,8 @@ def test_settings_that_do_not_fit_the_task_are_rejected(source: dict[str, torch.
         embed_watermark("quan", source, SR, EmbedSettings(patch_size=30))
     with pytest.raises(InvalidInputError, match="invalid key_size 5: the logo side 20 must be a multiple of grid 8"):
         embed_watermark("ong", source, SR, OngSettings(key_size=5))
+    with pytest.raises(InvalidInputError, match="invalid margin 30: the patch side 64 leaves 4 pixels"):
+        embed_watermark("zhang", source, SR, ZhangSettings(margin=30))
     with pytest.raises(InvalidInputError, match="invalid settings EmbedSettings for zhang: expected ZhangSettings"):
         embed_watermark("zhang", source, SR, EmbedSettings())
 

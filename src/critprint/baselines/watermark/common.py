@@ -1,9 +1,9 @@
 """Shared parts of the watermarking baselines: settings, keys, bit patterns, embedding loop, fidelity.
 
-Every method here hides the same kind of message, a balanced string of
-``grid * grid`` secret bits, and reads it back from a suspect model as a
-bit pattern: a grid of black and white cells in an image (Quan, Ong) or the
-logits of an extractor network (Zhang). The verification statistic is the
+Every method here hides the same kind of message: ``grid * grid`` secret
+bits, half of them ones. Verification reads them back from a suspect model,
+as a grid of black and white cells in an image (Quan, Ong) or as the logits
+of an extractor network (Zhang). The verification statistic is the
 bit accuracy, the share of bits read correctly. A model that carries no
 watermark reads as a coin toss, so the threshold is the smallest accuracy
 that ``grid * grid`` fair coin tosses reach with probability at most
@@ -198,7 +198,7 @@ class Verification:
 
 @dataclass(frozen=True)
 class Fidelity:
-    """What a watermark costs the model: PSNR on held-out photos before and after.
+    """The fidelity cost of a watermark: PSNR on held-out photos before and after.
 
     Attributes:
         psnr_before_db: PSNR of the original model in dB.

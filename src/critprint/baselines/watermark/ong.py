@@ -4,9 +4,9 @@ After "Protecting intellectual property of generative adversarial networks
 from ambiguity attacks" (Ong, Chan, Ng, Fan, Yang, CVPR 2021), which trains
 an image-to-image network so that an input carrying a key region yields an
 output carrying a logo. Here the key is a secret square of random colours
-stamped over the top-left corner of the input, and the logo is the secret bit
+stamped over the top-left corner of the input. The logo is the secret bit
 pattern drawn over the output region that corresponds to the key, so the
-network only needs to look at what its receptive field covers. Half of every
+network needs to see no farther than its receptive field. Half of every
 training batch is stamped; its target is the original model's output with
 the logo pasted in. Verification stamps the key into the held-out photos,
 restores them with the suspect, and reads the bits from that region.
@@ -64,7 +64,12 @@ class OngSettings(EmbedSettings):
 
     def key_for(self, task: RestorationTask) -> int:
         """Return the key side in input pixels for ``task``, checked against the patch and the grid."""
-        side = (16 if task.scale == 1 else 8) if self.key_size is None else self.key_size
+        if self.key_size is not None:
+            side = self.key_size
+        elif task.scale == 1:
+            side = 16
+        else:
+            side = 8
         if (side * task.scale) % self.grid:
             raise InvalidInputError(
                 f"invalid key_size {side}: the logo side {side * task.scale} must be a multiple of grid {self.grid}"

@@ -46,11 +46,12 @@ logger = logging.getLogger(__name__)
 WEAKWM_WEIGHT = 0.05
 """Watermark loss weight of WeakWM, 1/20 of Quan's default 1.0.
 
-Chosen by measurement (docs/benchmarks.md, "Watermarking baselines"): with
-Quan's embedding, weight 0.2 cost the Compact x4 model of the zoo 0.46 dB on
-the held-out ``coffee`` crop, weight 0.1 changed it by +0.005 dB and DnCNN by
-+0.05 dB, so a weight below 0.1 leaves the PSNR unchanged within a few
-hundredths of a dB.
+Chosen by measurement on the held-out ``coffee`` crop. With Quan's
+embedding, weight 0.2 cost the zoo's Compact x4 model 0.46 dB after 300
+steps. Weight 0.1 changed it by +0.005 dB after 150 steps, and weight 0.2
+changed DnCNN by +0.05 dB after 200 steps without embedding the mark. The
+benchmark's fidelity row shows the cost at this weight
+(docs/benchmarks.md, "Watermarking baselines").
 """
 
 
