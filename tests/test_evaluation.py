@@ -240,7 +240,8 @@ def test_plan_restricted_to_sources_and_attacks() -> None:
     plan = get_plan("full", ("denoise",), ("compact-dn", "dncnn"), methods=("quan",))
     (task,) = plan.tasks
     assert task.sources == ("dncnn", "compact-dn")
-    assert "nafnet" in task.compared_sources and "nafnet" in task.references
+    assert "nafnet" in task.compared_sources
+    assert "nafnet" in task.references
     assert "nafnet" not in task.hard_negatives
     plan = restrict_attacks(plan, ("prune", "quantize"))
     assert plan.attacks_for(plan.tasks[0]) == ("prune", "quantize")
@@ -252,3 +253,12 @@ def test_plan_restricted_to_sources_and_attacks() -> None:
         restrict_attacks(plan, ("melt",))
     with pytest.raises(InvalidInputError, match="invalid watermark_steps 0"):
         get_plan("quick", watermark_steps=0)
+
+
+def test_bench_rejects_a_source_outside_the_plan(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", "--quick", "--source", "nafnet", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "invalid source model 'nafnet': expected one of 'dncnn', 'compact-dn'" in result.stderr
+    result = runner.invoke(app, ["bench", "--quick", "--attack", "distill", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "invalid attack 'distill': expected one of 'prune', 'finetune', 'quantize'" in result.stderr

@@ -229,10 +229,10 @@ def restrict_attacks(plan: BenchPlan, attacks: tuple[str, ...]) -> BenchPlan:
         check_choice("attack", attack, plan.all_attacks)
     tasks = []
     for task in plan.tasks:
-        kept = tuple(attack for attack in plan.attacks_for(task) if attack in attacks)
-        if kept:
-            tasks.append(replace(task, attacks=kept))
-    return replace(plan, tasks=tuple(tasks), attacks=tuple(a for a in plan.attacks if a in attacks) or plan.attacks)
+        task_attacks = tuple(attack for attack in plan.attacks_for(task) if attack in attacks)
+        if task_attacks:
+            tasks.append(replace(task, attacks=task_attacks))
+    return replace(plan, tasks=tuple(tasks), attacks=tuple(attack for attack in ATTACK_NAMES if attack in attacks))
 
 
 PLANS: Final[dict[str, Any]] = {"quick": _quick, "full": _full}
@@ -265,11 +265,11 @@ def get_plan(
         known = tuple(source for task in plan.tasks for source in task.sources)
         for source in sources:
             check_choice("source model", source, known)
-        kept = []
+        restricted = []
         for task in plan.tasks:
             chosen = tuple(source for source in task.sources if source in sources)
             if chosen:
                 dropped = tuple(source for source in task.sources if source not in chosen)
-                kept.append(replace(task, sources=chosen, compared_sources=dropped + task.compared_sources))
-        plan = replace(plan, tasks=tuple(kept))
+                restricted.append(replace(task, sources=chosen, compared_sources=dropped + task.compared_sources))
+        plan = replace(plan, tasks=tuple(restricted))
     return replace(plan, **changes) if changes else plan

@@ -367,6 +367,7 @@ class _TaskRunner:
         settings = self.watermark_settings(method)
         settings_dict = settings.to_dict()
         restoration = json.loads(json.dumps(asdict(self.restoration)))
+
         if weights.exists() and key_path.exists() and record.exists():
             outcome = json.loads(record.read_text(encoding="utf-8"))
             if (outcome.get("source_sha256"), outcome.get("settings"), outcome.get("restoration")) == (
@@ -376,10 +377,12 @@ class _TaskRunner:
                 self.watermark_keys[name] = load_key(key_path)
                 self.result.watermarks.append(outcome)
                 return
+
         original = read_state_dict(self.paths[source])
         marked = embed_watermark(method, original, self.restoration, settings)
         cost = fidelity(original, marked.state_dict, self.restoration)
         check = verify_watermark(marked.state_dict, marked.key, self.restoration)
+
         save_state_dict(marked.state_dict, weights)
         save_key(marked.key, key_path)
         outcome = {
@@ -435,20 +438,18 @@ class _TaskRunner:
                 logger.warning("recomputing %s: %s", cache_path, error)
         hashes: dict[Path, str] = {}
 
-        def accuracy(key_name: str, path: Path) -> float:
-            key = self.watermark_keys[key_name]
+        def digest(path: Path) -> str:
             if path not in hashes:
                 hashes[path] = file_sha256(path)
-            entry = f"{file_sha256(self.folder / 'watermarks' / method / (key_name.split('@')[0] + '.key'))}:{hashes[path]}"
-            if entry not in cache:
-                cache[entry] = verify_watermark(read_state_dict(path), key, self.restoration).accuracy
-            return cache[entry]
+            return hashes[path]
 
         for source in self.task.sources:
             key_name = watermarked_name(source, method)
             if key_name not in self.watermark_keys:
                 continue
-            threshold = self.watermark_keys[key_name].threshold
+            key = self.watermark_keys[key_name]
+            key_hash = digest(self.folder / "watermarks" / method / f"{source}.key")
+            threshold = key.threshold
             suspects: list[tuple[str, str, str | None, Path]] = []
             for attack in self.plan.attacks_for(self.task):
                 path = self.watermark_paths.get(attacked_name(key_name, attack))
@@ -456,7 +457,10 @@ class _TaskRunner:
                     suspects.append((attacked_name(source, attack), "positive", attack, path))
             suspects += [(name, "negative", None, self.paths[name]) for name in self.task.references]
             for suspect, kind, attack, path in suspects:
-                value = accuracy(key_name, path)
+                entry = f"{key_hash}:{digest(path)}"
+                if entry not in cache:
+                    cache[entry] = verify_watermark(read_state_dict(path), key, self.restoration).accuracy
+                value = cache[entry]
                 ratio = (1.0 - value) / (1.0 - threshold)
                 self.result.pairs.append(PairScore(
                     method=method, source=source, suspect=suspect, kind=kind, attack=attack,
