@@ -114,13 +114,13 @@ def summarise_task(run: TaskRun, plan: BenchPlan) -> dict[str, Any]:
 def _fidelity(run: TaskRun, method: str) -> dict[str, Any]:
     """Return what a method costs the models: 0 dB for a fingerprint, the watermarks' PSNR changes otherwise."""
     if method not in WATERMARK_METHODS:
-        return {"psnr_change_db": 0.0, "worst_psnr_change_db": 0.0, "watermarked": None}
+        return {"psnr_change_db": 0.0, "worst_psnr_change_db": 0.0, "unattacked_verified": None}
     records = [record for record in run.watermarks if record["method"] == method]
     changes = [record["psnr_change_db"] for record in records]
     return {
         "psnr_change_db": sum(changes) / len(changes) if changes else None,
         "worst_psnr_change_db": min(changes) if changes else None,
-        "watermarked": _rate([record["verified"] for record in records]),
+        "unattacked_verified": _rate([record["verified"] for record in records]),
     }
 
 
