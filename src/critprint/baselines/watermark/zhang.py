@@ -177,7 +177,10 @@ def _extractor(key: WatermarkKey) -> Extractor:
 
 
 def extract_bits(image: torch.Tensor, key: WatermarkKey) -> torch.Tensor:
-    """Return the bits the key's extractor reads from a (B, 3, H, W) image in [0, 1]: (B, bits) of 0 and 1."""
+    """Return the bits the key's extractor reads from a (B, 3, H, W) image in [0, 1].
+
+    The result is a (B, bits) float tensor of 0 and 1.
+    """
     with torch.no_grad():
         return (_extractor(key)(image) > 0).float()
 
