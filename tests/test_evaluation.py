@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from critprint.cli.app import app
 from critprint.errors import InvalidInputError
 from critprint.evaluation import get_plan
+from critprint.evaluation.plan import WATERMARK_METHODS, restrict_attacks
 from critprint.evaluation.metrics import roc_auc, roc_curve, summarise_roc, tpr_at_fpr
 from critprint.evaluation.report import _ratio_colour, heatmap, montage
 from critprint.evaluation.runner import count_jobs
@@ -115,7 +116,8 @@ def test_full_plan_other_task_attacks() -> None:
     assert plan.attacks_for(task) == ("prune", "quantize")
     assert plan.all_attacks == ("prune", "quantize")
     assert plan.to_dict()["tasks"][0]["attacks"] == ["prune", "quantize"]
-    assert count_jobs(plan) == 6 + 3 * (3 + 6 + 1) + 2 * (3 + 1) + 2  # calibrated and query: one job each
+    # calibrated and query: one job each; each watermark: 3 embeddings, 6 attacks, 1 verification job.
+    assert count_jobs(plan) == 6 + 3 * (3 + 6 + 1) + 2 * (3 + 1) + 2 + 4 * (3 + 6 + 1)
     full = get_plan("full")
     assert {task.task for task in full.tasks} == {"denoise", "sr", "deblur", "lowlight", "derain", "jpeg"}
     assert full.attacks_for(full.tasks[0]) == full.attacks
@@ -142,7 +144,9 @@ def test_quick_bench_writes_the_summary(quick_bench: tuple[Path, dict, float]) -
         for method in plan.methods:
             entry = task_summary["methods"][method]
             assert entry["positives"] == len(task.sources) * len(plan.attacks)
-            assert entry["negatives"] == references * (references - 1)
+            # A fingerprint compares every ordered pair of references; a watermark key checks every reference.
+            watermark = method in WATERMARK_METHODS
+            assert entry["negatives"] == (len(task.sources) * references if watermark else references * (references - 1))
             assert 0.0 <= entry["auc"] <= 1.0
             assert 0.0 <= entry["tpr_at_1pct_fpr"] <= 1.0
             assert set(entry["success_rate"]) == set(plan.attacks)
@@ -200,3 +204,61 @@ def test_bench_rejects_a_task_outside_the_plan(tmp_path: Path) -> None:
     result = runner.invoke(app, ["bench", "--quick", "--task", "deblur", "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert "invalid task 'deblur': expected one of 'denoise', 'sr'" in result.stderr
+
+
+def test_quick_bench_runs_the_watermarks(quick_bench: tuple[Path, dict, float]) -> None:
+    out, summary, _ = quick_bench
+    pairs = json.loads((out / "pairs.json").read_text())
+    for task in get_plan("quick").tasks:
+        task_summary = summary["tasks"][task.task]
+        assert {record["method"] for record in task_summary["watermarks"]} == set(WATERMARK_METHODS)
+        assert len(task_summary["watermarks"]) == 4 * len(task.sources)
+        assert len(task_summary["watermark_attacks"]) == 4 * len(task.sources) * 3
+        for record in task_summary["watermarks"]:
+            assert math.isfinite(record["psnr_change_db"])
+            assert record["threshold"] == 51 / 64
+            assert (out / task.task / "watermarks" / record["method"] / f"{record['source']}.key").exists()
+        assert task_summary["methods"]["critprint"]["psnr_change_db"] == 0.0
+        for method in WATERMARK_METHODS:
+            entry = task_summary["methods"][method]
+            changes = [r["psnr_change_db"] for r in task_summary["watermarks"] if r["method"] == method]
+            assert entry["psnr_change_db"] == pytest.approx(sum(changes) / len(changes))
+            rows = [row for row in pairs if row["task"] == task.task and row["method"] == method]
+            # Each key is checked on the source's own unwatermarked original, a negative.
+            assert {(row["source"], row["suspect"]) for row in rows if row["kind"] == "negative"} >= {
+                (source, source) for source in task.sources
+            }
+            assert all(row["derived"] == (row["value"] >= 51 / 64) for row in rows)
+    report = (out / "report.md").read_text()
+    assert "| attack | source | critprint |" in report
+    assert "Zhang | Quan | Ong | WeakWM |" in report
+    assert "| PSNR change (dB) | 0 |" in report
+    assert "### Watermarked sources" in report
+
+
+def test_plan_restricted_to_sources_and_attacks() -> None:
+    plan = get_plan("full", ("denoise",), ("compact-dn", "dncnn"), methods=("quan",))
+    (task,) = plan.tasks
+    assert task.sources == ("dncnn", "compact-dn")
+    assert "nafnet" in task.compared_sources
+    assert "nafnet" in task.references
+    assert "nafnet" not in task.hard_negatives
+    plan = restrict_attacks(plan, ("prune", "quantize"))
+    assert plan.attacks_for(plan.tasks[0]) == ("prune", "quantize")
+    # Only watermarks: no attacks on the unwatermarked sources.
+    assert count_jobs(plan) == 2 + 2 * 2 + 1
+    with pytest.raises(InvalidInputError, match="invalid source model 'dncnn-h'"):
+        get_plan("full", ("denoise",), ("dncnn-h",))
+    with pytest.raises(InvalidInputError, match="invalid attack 'melt'"):
+        restrict_attacks(plan, ("melt",))
+    with pytest.raises(InvalidInputError, match="invalid watermark_steps 0"):
+        get_plan("quick", watermark_steps=0)
+
+
+def test_bench_rejects_a_source_outside_the_plan(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", "--quick", "--source", "nafnet", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "invalid source model 'nafnet': expected one of 'dncnn', 'compact-dn'" in result.stderr
+    result = runner.invoke(app, ["bench", "--quick", "--attack", "distill", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "invalid attack 'distill': expected one of 'prune', 'finetune', 'quantize'" in result.stderr

@@ -777,6 +777,15 @@ def bench(
         Optional[list[str]],
         typer.Option("--method", metavar="METHOD", help="Run only this method; repeat for several. Default: all."),
     ] = None,
+    sources: Annotated[
+        Optional[list[str]],
+        typer.Option("--source", metavar="MODEL", help="Attack only this source model (the others are still "
+                     "compared); repeat for several. Default: every source of the plan."),
+    ] = None,
+    attacks: Annotated[
+        Optional[list[str]],
+        typer.Option("--attack", metavar="ATTACK", help="Run only this attack; repeat for several. Default: the plan's."),
+    ] = None,
     study: Annotated[
         Optional[str],
         typer.Option("--study", metavar="NAME", help="Run a study instead of the plan: seeds (critical images of "
@@ -804,11 +813,14 @@ def bench(
     writes DIR/protocol-study.md and .json and, per task, DIR/TASK/protocol-study.png.
     """
     from critprint.evaluation import get_plan, run_bench
+    from critprint.evaluation.plan import restrict_attacks
 
     if study is not None or seeds is not None or settings:
+        unused = tuple(name for name, given in (("--method", bool(methods)), ("--source", bool(sources)),
+                                                ("--attack", bool(attacks))) if given)
         options = StudyOptions(
             study=study, out=out, tasks=tuple(tasks or ()), protocol=protocol, iterations=iterations, seeds=seeds,
-            settings=tuple(settings or ()), quick=quick, other_options=("--method",) if methods else (),
+            settings=tuple(settings or ()), quick=quick, other_options=unused,
         )
         run_study(options, json_output, quiet, debug)
         return
@@ -820,7 +832,10 @@ def bench(
             changes["protocol"] = protocol
         if methods:
             changes["methods"] = tuple(methods)
-        plan = get_plan("quick" if quick else "full", tuple(tasks) if tasks else None, **changes)
+        plan = get_plan("quick" if quick else "full", tuple(tasks) if tasks else None,
+                        tuple(sources) if sources else None, **changes)
+        if attacks:
+            plan = restrict_attacks(plan, tuple(attacks))
         summary = run_bench(plan, out, progress.update)
     if json_output:
         print_json(summary)

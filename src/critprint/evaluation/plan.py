@@ -14,12 +14,16 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 from critprint import zoo
+from critprint.baselines.watermark import WATERMARK_METHODS
 from critprint.checks import check_choice
 from critprint.errors import InvalidInputError
 
-__all__ = ["METHODS", "DERIVED_METHODS", "ATTACK_NAMES", "OTHER_TASK_ATTACKS", "TaskPlan", "BenchPlan", "get_plan", "PLANS"]
+__all__ = [
+    "METHODS", "FINGERPRINT_METHODS", "WATERMARK_METHODS", "DERIVED_METHODS", "ATTACK_NAMES", "OTHER_TASK_ATTACKS",
+    "TaskPlan", "BenchPlan", "get_plan", "restrict_attacks", "PLANS",
+]
 
-METHODS: Final[tuple[str, ...]] = ("critprint", "calibrated", "query", "maxobj", "no-tv", "projcl", "poolcl")
+FINGERPRINT_METHODS: Final[tuple[str, ...]] = ("critprint", "calibrated", "query", "maxobj", "no-tv", "projcl", "poolcl")
 """Fingerprinting methods a benchmark compares.
 
 ``critprint`` is the method with the paper's threshold. ``calibrated`` is the
@@ -30,6 +34,15 @@ images. ``maxobj`` and ``no-tv`` are the ablations of
 "Fingerprinting Deep Image Restoration Models" (the objective maximised, and lambda = 0), and
 ``projcl`` and ``poolcl`` its baselines (IPGuard after a random projection of
 the output, or after pooling it to 10 x 10).
+"""
+
+METHODS: Final[tuple[str, ...]] = FINGERPRINT_METHODS + WATERMARK_METHODS
+"""Every method a benchmark compares: the fingerprints, then the watermarking baselines.
+
+``zhang``, ``quan``, ``ong`` and ``weakwm`` (see
+:mod:`critprint.baselines.watermark`) watermark a copy of each source, attack
+the watermarked copy, and verify the attacked copies (positives) and the
+unwatermarked references (negatives) with the owner's key.
 """
 
 DERIVED_METHODS: Final[tuple[str, ...]] = ("calibrated", "query")
@@ -62,6 +75,9 @@ class TaskPlan:
         hard_negatives: Models that are only compared.
         attacks: Attack names for this task, or None for the plan's
             :attr:`BenchPlan.attacks`.
+        compared_sources: Source models of the zoo left out of this run's
+            sources (``get_plan(..., sources=...)``): only compared, like
+            hard negatives, but not of the same architecture.
     """
 
     task: str
@@ -69,11 +85,12 @@ class TaskPlan:
     sources: tuple[str, ...]
     hard_negatives: tuple[str, ...] = ()
     attacks: tuple[str, ...] | None = None
+    compared_sources: tuple[str, ...] = ()
 
     @property
     def references(self) -> tuple[str, ...]:
-        """Every unattacked model of the task, sources first."""
-        return self.sources + self.hard_negatives
+        """Every unattacked model of the task: sources, then compared sources, then hard negatives."""
+        return self.sources + self.compared_sources + self.hard_negatives
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,9 @@ class BenchPlan:
         fpr: False-positive rate at which the true-positive rate is reported.
         iterations: Adam steps of every extraction, or None for the
             preset's own.
+        watermark_steps: Adam steps of each watermark embedding.
+        watermark_learning_rate: Adam's learning rate of the embeddings, or
+            None for each method's default.
     """
 
     name: str
@@ -109,10 +129,14 @@ class BenchPlan:
     ipguard_size: int = 32
     fpr: float = 0.01
     iterations: int | None = None
+    watermark_steps: int = 300
+    watermark_learning_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations < 1:
             raise InvalidInputError(f"invalid iterations {self.iterations!r}: expected an integer >= 1")
+        if isinstance(self.watermark_steps, bool) or not isinstance(self.watermark_steps, int) or self.watermark_steps < 1:
+            raise InvalidInputError(f"invalid watermark_steps {self.watermark_steps!r}: expected an integer >= 1, e.g. 200")
         for task in self.tasks:
             for attack in self.attacks_for(task):
                 check_choice("attack", attack, ATTACK_NAMES)
@@ -120,6 +144,16 @@ class BenchPlan:
             check_choice("method", method, METHODS)
         if any(method in DERIVED_METHODS for method in self.methods) and "critprint" not in self.methods:
             raise InvalidInputError("methods calibrated and query reuse critprint's critical images; add critprint")
+
+    @property
+    def watermark_methods(self) -> tuple[str, ...]:
+        """The plan's watermarking methods, in :data:`WATERMARK_METHODS` order."""
+        return tuple(method for method in WATERMARK_METHODS if method in self.methods)
+
+    @property
+    def fingerprint_methods(self) -> tuple[str, ...]:
+        """The plan's fingerprinting methods, which need the attacked copies of the unwatermarked sources."""
+        return tuple(method for method in self.methods if method not in WATERMARK_METHODS)
 
     def attacks_for(self, task: TaskPlan) -> tuple[str, ...]:
         """Return the attacks run on one task's sources: the task's own list, else the plan's."""
@@ -164,6 +198,10 @@ def _full() -> BenchPlan:
     )
 
 
+_QUICK_WATERMARK_STEPS: Final = 15
+"""Embedding steps of the quick plan: enough to run every job, not to embed well."""
+
+
 def _quick() -> BenchPlan:
     return BenchPlan(
         name="quick",
@@ -177,18 +215,39 @@ def _quick() -> BenchPlan:
         distill_steps=20,
         ipguard_points=8,
         ipguard_iterations=20,
+        watermark_steps=_QUICK_WATERMARK_STEPS,
     )
+
+
+def restrict_attacks(plan: BenchPlan, attacks: tuple[str, ...]) -> BenchPlan:
+    """Return the plan with only ``attacks`` run, on every task that runs them.
+
+    Raises:
+        InvalidInputError: If an attack is unknown or no task of the plan runs it.
+    """
+    for attack in attacks:
+        check_choice("attack", attack, plan.all_attacks)
+    tasks = []
+    for task in plan.tasks:
+        task_attacks = tuple(attack for attack in plan.attacks_for(task) if attack in attacks)
+        if task_attacks:
+            tasks.append(replace(task, attacks=task_attacks))
+    return replace(plan, tasks=tuple(tasks), attacks=tuple(attack for attack in ATTACK_NAMES if attack in attacks))
 
 
 PLANS: Final[dict[str, Any]] = {"quick": _quick, "full": _full}
 
 
-def get_plan(name: str, tasks: tuple[str, ...] | None = None, **changes: Any) -> BenchPlan:
-    """Return the named plan, optionally restricted to some tasks.
+def get_plan(
+    name: str, tasks: tuple[str, ...] | None = None, sources: tuple[str, ...] | None = None, **changes: Any
+) -> BenchPlan:
+    """Return the named plan, optionally restricted to some tasks and source models.
 
     Args:
         name: ``quick`` or ``full``.
         tasks: Task names to keep; all when None or empty.
+        sources: Source models to keep (the references stay); all when None
+            or empty. A task left with no source is dropped.
         changes: Further fields of :class:`BenchPlan` to set, such as
             ``protocol``, ``iterations`` or ``methods``.
 
@@ -202,4 +261,15 @@ def get_plan(name: str, tasks: tuple[str, ...] | None = None, **changes: Any) ->
         for task in tasks:
             check_choice("task", task, known)
         plan = replace(plan, tasks=tuple(t for t in plan.tasks if t.task in tasks))
+    if sources:
+        known = tuple(source for task in plan.tasks for source in task.sources)
+        for source in sources:
+            check_choice("source model", source, known)
+        restricted = []
+        for task in plan.tasks:
+            chosen = tuple(source for source in task.sources if source in sources)
+            if chosen:
+                dropped = tuple(source for source in task.sources if source not in chosen)
+                restricted.append(replace(task, sources=chosen, compared_sources=dropped + task.compared_sources))
+        plan = replace(plan, tasks=tuple(restricted))
     return replace(plan, **changes) if changes else plan

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from critprint.evaluation.metrics import summarise_roc
-from critprint.evaluation.plan import BenchPlan
+from critprint.evaluation.plan import WATERMARK_METHODS, BenchPlan
 from critprint.evaluation.runner import PairScore, TaskRun, attacked_name
 from critprint.fingerprint import atomic_write_bytes
 from critprint.images import to_uint8
@@ -37,6 +37,10 @@ _METHOD_LABELS = {
     "no-tv": "w/o TV",
     "projcl": "ProjCL",
     "poolcl": "PoolCL",
+    "zhang": "Zhang",
+    "quan": "Quan",
+    "ong": "Ong",
+    "weakwm": "WeakWM",
 }
 
 
@@ -85,6 +89,7 @@ def summarise_task(run: TaskRun, plan: BenchPlan) -> dict[str, Any]:
         entry["false_positives"] = [
             {"source": p.source, "suspect": p.suspect, "ratio": p.ratio} for p in negatives if p.derived
         ]
+        entry |= _fidelity(run, method)
         methods[method] = entry
     spread = {}
     for attack in plan.attacks_for(run.plan):
@@ -100,7 +105,22 @@ def summarise_task(run: TaskRun, plan: BenchPlan) -> dict[str, Any]:
         "seconds": round(sum(run.seconds.values()), 1),
         "methods": methods,
         "attacks": run.attacks,
+        "watermarks": run.watermarks,
+        "watermark_attacks": run.watermark_attacks,
         "failures": run.failures,
+    }
+
+
+def _fidelity(run: TaskRun, method: str) -> dict[str, Any]:
+    """Return what a method costs the models: 0 dB for a fingerprint, the watermarks' PSNR changes otherwise."""
+    if method not in WATERMARK_METHODS:
+        return {"psnr_change_db": 0.0, "worst_psnr_change_db": 0.0, "unattacked_verified": None}
+    records = [record for record in run.watermarks if record["method"] == method]
+    changes = [record["psnr_change_db"] for record in records]
+    return {
+        "psnr_change_db": sum(changes) / len(changes) if changes else None,
+        "worst_psnr_change_db": min(changes) if changes else None,
+        "unattacked_verified": _rate([record["verified"] for record in records]),
     }
 
 
@@ -189,25 +209,29 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
         f"Protocol preset `{plan.protocol}`{iterations}; attacks: {', '.join(plan.all_attacks)}; fine-tuning "
         f"{plan.finetune_steps} steps, distillation {plan.distill_steps} steps; IPGuard "
         f"{plan.ipguard_points} points, {plan.ipguard_iterations} search steps.",
-        "Ratios are d / eta for the critical-image methods and (1 - match rate) / (1 - threshold) "
-        "for the IPGuard baselines: below 1 means the suspect is judged derived.",
+        "Ratios are d / eta for the critical-image methods, (1 - match rate) / (1 - threshold) "
+        "for the IPGuard baselines and (1 - bit accuracy) / (1 - threshold) for the watermarks: below 1 means "
+        "the suspect is judged derived (for a watermark: the key's bits are read from it).",
         "",
     ]
     for run in runs:
         task = run.plan.task
         task_summary = summary["tasks"][task]
         attacks = plan.attacks_for(run.plan)
-        lines += [f"## {task}", "", "### Discriminability (critprint, d / eta between source models)", ""]
-        lines += _matrix_lines(run, "critprint", run.plan.sources)
-        lines += ["", f"![{task} sources]({task}/matrix-sources.png)", ""]
-        if run.plan.hard_negatives:
+        methods = plan.methods
+        lines += [f"## {task}", ""]
+        if "critprint" in methods:
+            lines += ["### Discriminability (critprint, d / eta between source models)", ""]
+            lines += _matrix_lines(run, "critprint", run.plan.sources)
+            lines += ["", f"![{task} sources]({task}/matrix-sources.png)", ""]
+        if run.plan.hard_negatives and "critprint" in methods:
             lines += ["### Hard negatives (critprint, same architecture, other photos or seeds)", ""]
             lines += _matrix_lines(run, "critprint", run.plan.hard_negatives)
             lines += ["", f"![{task} hard negatives]({task}/matrix-hard-negatives.png)", ""]
 
         lines += ["### Attacks", ""]
         rows = []
-        for outcome in run.attacks:
+        for outcome in run.attacks + run.watermark_attacks:
             rows.append([
                 outcome["model"], outcome["parameter"], _number(outcome["strength"]),
                 f"{outcome['psnr_before_db']:.2f}", f"{outcome['psnr_change_db']:+.2f}",
@@ -215,8 +239,8 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
             ])
         lines += _table(["attacked copy", "parameter", "strength", "PSNR before (dB)", "change (dB)", "within 1 dB"], rows)
 
+        lines += _watermark_lines(run, plan)
         lines += ["", "### Robustness (ratio per method; below 1 = verified)", ""]
-        methods = plan.methods
         rows = []
         for attack in attacks:
             for source in run.plan.sources:
@@ -232,7 +256,12 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
         for attack in attacks:
             cells = [_fraction(run, method, attack) for method in methods]
             rows.append([attack, *cells])
+        rows.append(["false positives", *(_negatives(run, method) for method in methods)])
+        rows.append(["PSNR change (dB)", *(_psnr_cell(task_summary["methods"][method]) for method in methods)])
         lines += _table(["attack", *(_METHOD_LABELS[m] for m in methods)], rows)
+        lines += ["", "False positives: unattacked references judged derived (for a watermark: references "
+                  "without it, the source's original included). PSNR change: mean over the watermarked sources "
+                  "on the held-out crop, worst in brackets; a fingerprint changes no weight.", ""]
 
         lines += ["", "### Ablation and ROC", ""]
         rows = []
@@ -248,9 +277,10 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
         if "critprint" in methods:
             lines += ["", *_false_positive_lines(task_summary["methods"]["critprint"])]
         lines += _rule_lines(run, plan, task_summary)
-        lines += ["", f"![{task} critical images]({task}/montage.png)", "",
-                  "Montage rows: " + ", ".join(run.plan.sources) + "; columns: the source, then "
-                  + ", ".join(attacks) + ".", ""]
+        if "critprint" in methods:
+            lines += ["", f"![{task} critical images]({task}/montage.png)", "",
+                      "Montage rows: " + ", ".join(run.plan.sources) + "; columns: the source, then "
+                      + ", ".join(attacks) + ".", ""]
         if run.failures:
             lines += ["### Failures", ""] + [f"- {item['job']}: {item['error']}" for item in run.failures] + [""]
     return "\n".join(lines)
@@ -301,6 +331,32 @@ def _rule_lines(run: TaskRun, plan: BenchPlan, task_summary: dict[str, Any]) -> 
     return lines
 
 
+def _negatives(run: TaskRun, method: str) -> str:
+    flags = [p.derived for p in _pairs(run, method, "negative")]
+    return f"{sum(flags)}/{len(flags)}" if flags else "n/a"
+
+
+def _psnr_cell(entry: dict[str, Any]) -> str:
+    mean, worst = entry.get("psnr_change_db"), entry.get("worst_psnr_change_db")
+    if mean is None:
+        return "n/a"
+    return "0" if mean == 0 and worst == 0 else f"{mean:+.2f} ({worst:+.2f})"
+
+
+def _watermark_lines(run: TaskRun, plan: BenchPlan) -> list[str]:
+    """List each watermarked source: its PSNR change and the bit accuracy of the unattacked copy."""
+    if not run.watermarks:
+        return []
+    lines = ["", "### Watermarked sources", "",
+             f"Each watermark: {plan.watermark_steps} embedding steps. PSNR change of the watermarked model on the "
+             "held-out crop, and the bit accuracy its key reads from it before any attack.", ""]
+    rows = [[_METHOD_LABELS[record["method"]], record["source"], f"{record['psnr_before_db']:.2f}",
+             f"{record['psnr_change_db']:+.3f}", f"{record['accuracy']:.3f}", f"{record['threshold']:.3f}",
+             "yes" if record["verified"] else "**no**"] for record in run.watermarks]
+    return lines + _table(["method", "source", "PSNR before (dB)", "change (dB)", "bit accuracy", "threshold",
+                           "verified"], rows)
+
+
 def _false_positive_lines(entry: dict[str, Any]) -> list[str]:
     """List the pairs of different models that critprint judged derived."""
     wrong = entry["false_positives"]
@@ -320,6 +376,8 @@ def write_outputs(plan: BenchPlan, runs: Sequence[TaskRun], out_dir: Path, extra
     for run in runs:
         summary["tasks"][run.plan.task] = summarise_task(run, plan)
         folder = out_dir / run.plan.task
+        if "critprint" not in plan.methods:
+            continue
         atomic_write_bytes(folder / "matrix-sources.png", heatmap(ratio_matrix(run, "critprint", run.plan.sources)))
         if run.plan.hard_negatives:
             atomic_write_bytes(folder / "matrix-hard-negatives.png",

@@ -27,12 +27,22 @@ from critprint import zoo
 from critprint.api import fingerprint_model
 from critprint.attacks import RestorationTask, run_attack
 from critprint.baselines import IPGuardFingerprint, IPGuardSettings, ipguard_fingerprint, match_rate
+from critprint.baselines.watermark import (
+    EmbedSettings,
+    WatermarkKey,
+    default_settings,
+    embed_watermark,
+    fidelity,
+    load_key,
+    save_key,
+    verify_watermark,
+)
 from critprint.calibration import Calibration, calibration_from_fingerprints, calibrated_decision, save_calibration
 from critprint.decision import decide, feature_distance
 from critprint.errors import CritprintError, FingerprintFormatError
 from critprint.evaluation.plan import DERIVED_METHODS, BenchPlan, TaskPlan
 from critprint.fingerprint import Fingerprint, atomic_write_bytes, load_fingerprint, save_fingerprint
-from critprint.models import ModelHandle, load_model, read_state_dict, save_state_dict
+from critprint.models import ModelHandle, file_sha256, load_model, read_state_dict, save_state_dict
 from critprint.protocol import Protocol, get_protocol
 from critprint.query import ProbeSettings, model_query, probe_inputs, query_distance, run_queries
 
@@ -68,7 +78,8 @@ class PairScore:
         attack: The attack that made a positive's suspect; None for negatives.
         hard: True when either model is a hard negative (same architecture,
             other photos or seed).
-        value: The method's raw statistic: d / eta, or the IPGuard match rate.
+        value: The method's raw statistic: d / eta, the IPGuard match rate,
+            or a watermark's bit accuracy.
         ratio: Normalised so that below 1 means derived.
         score: Larger means more confidently derived; used for the ROC.
         derived: The method's verdict.
@@ -98,6 +109,8 @@ class TaskRun:
     failures: list[dict[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    watermarks: list[dict[str, Any]] = field(default_factory=list)
+    watermark_attacks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def method_protocol(method: str, base: Protocol) -> Protocol:
@@ -107,6 +120,11 @@ def method_protocol(method: str, base: Protocol) -> Protocol:
     if method == "no-tv":
         return base.replace(tv_weight=0.0)
     return base
+
+
+def watermarked_name(source: str, method: str) -> str:
+    """Name of a source's watermarked copy in records and file names."""
+    return f"{source}@{method}"
 
 
 def attacked_name(source: str, attack: str) -> str:
@@ -150,6 +168,8 @@ class _TaskRunner:
         self.result = TaskRun(plan=task)
         self.critical: dict[str, Fingerprint] = {}
         self.calibration: Calibration | None = None
+        self.watermark_paths: dict[str, Path] = {}
+        self.watermark_keys: dict[str, WatermarkKey] = {}
 
     # Models -------------------------------------------------------------
 
@@ -331,6 +351,125 @@ class _TaskRunner:
 
         self.each_pair(add, records, self.paths)
 
+    # Watermarking baselines ------------------------------------------------
+
+    def watermark_settings(self, method: str) -> EmbedSettings:
+        changes: dict[str, Any] = {"steps": self.plan.watermark_steps, "seed": self.base_protocol.seed}
+        if self.plan.watermark_learning_rate is not None:
+            changes["learning_rate"] = self.plan.watermark_learning_rate
+        return default_settings(method, **changes)
+
+    def watermark(self, method: str, source: str) -> None:
+        """Watermark a source (or reuse the stored copy made from the same model and settings)."""
+        name = watermarked_name(source, method)
+        folder = self.folder / "watermarks" / method
+        weights, key_path, record = (folder / f"{source}{suffix}" for suffix in (".safetensors", ".key", ".json"))
+        source_hash = self.handle(source).sha256
+        settings = self.watermark_settings(method)
+        settings_dict = settings.to_dict()
+        restoration = json.loads(json.dumps(asdict(self.restoration)))
+
+        if weights.exists() and key_path.exists() and record.exists():
+            outcome = json.loads(record.read_text(encoding="utf-8"))
+            if (outcome.get("source_sha256"), outcome.get("settings"), outcome.get("restoration")) == (
+                source_hash, settings_dict, restoration
+            ):
+                self.watermark_paths[name] = weights
+                self.watermark_keys[name] = load_key(key_path)
+                self.result.watermarks.append(outcome)
+                return
+
+        original = read_state_dict(self.paths[source])
+        marked = embed_watermark(method, original, self.restoration, settings)
+        cost = fidelity(original, marked.state_dict, self.restoration)
+        check = verify_watermark(marked.state_dict, marked.key, self.restoration)
+
+        save_state_dict(marked.state_dict, weights)
+        save_key(marked.key, key_path)
+        outcome = {
+            "method": method, "source": source, "model": name, "source_sha256": source_hash,
+            "settings": settings_dict, "restoration": restoration, "seconds": round(marked.seconds, 2),
+            "psnr_before_db": cost.psnr_before_db, "psnr_after_db": cost.psnr_after_db,
+            "psnr_change_db": cost.psnr_change_db, "accuracy": check.accuracy, "threshold": check.threshold,
+            "verified": check.verified,
+        }
+        atomic_write_bytes(record, (json.dumps(outcome, indent=2) + "\n").encode())
+        self.watermark_paths[name] = weights
+        self.watermark_keys[name] = marked.key
+        self.result.watermarks.append(outcome)
+        logger.info("%s: PSNR change %+.3f dB, bit accuracy %.3f", name, cost.psnr_change_db, check.accuracy)
+
+    def watermark_attack(self, method: str, source: str, attack: str) -> None:
+        """Attack a watermarked source (or reuse the stored copy of the same watermarked model and settings)."""
+        marked = watermarked_name(source, method)
+        if marked not in self.watermark_paths:
+            return  # its embedding failed, which is recorded once
+        name = attacked_name(marked, attack)
+        folder = self.folder / "watermarks" / method / "attacked"
+        weights, record = folder / f"{source}+{attack}.safetensors", folder / f"{source}+{attack}.json"
+        source_hash = file_sha256(self.watermark_paths[marked])
+        settings = json.loads(json.dumps(asdict(self.restoration)))
+        if weights.exists() and record.exists():
+            outcome = json.loads(record.read_text(encoding="utf-8"))
+            if outcome.get("source_sha256") == source_hash and outcome.get("restoration") == settings:
+                self.watermark_paths[name] = weights
+                self.result.watermark_attacks.append(outcome)
+                return
+        attacked, result = run_attack(attack, read_state_dict(self.watermark_paths[marked]), self.restoration)
+        save_state_dict(attacked, weights)
+        outcome = {"method": method, "source": source, "model": name, "source_sha256": source_hash,
+                   "restoration": settings, **result.to_dict()}
+        atomic_write_bytes(record, (json.dumps(outcome, indent=2) + "\n").encode())
+        self.watermark_paths[name] = weights
+        self.result.watermark_attacks.append(outcome)
+        logger.info("%s: PSNR change %+.2f dB", name, result.psnr_change_db)
+
+    def score_watermark(self, method: str) -> None:
+        """Verify each key on the attacked watermarked copies (positives) and on every reference (negatives).
+
+        Results are kept in ``watermarks/METHOD/verifications.json`` by key
+        and model hash, so a repeated run does not run the models again.
+        """
+        cache_path = self.folder / "watermarks" / method / "verifications.json"
+        cache: dict[str, float] = {}
+        if cache_path.exists():
+            try:
+                cache = json.loads(cache_path.read_text(encoding="utf-8"))
+            except ValueError as error:
+                logger.warning("recomputing %s: %s", cache_path, error)
+        hashes: dict[Path, str] = {}
+
+        def digest(path: Path) -> str:
+            if path not in hashes:
+                hashes[path] = file_sha256(path)
+            return hashes[path]
+
+        for source in self.task.sources:
+            key_name = watermarked_name(source, method)
+            if key_name not in self.watermark_keys:
+                continue
+            key = self.watermark_keys[key_name]
+            key_hash = digest(self.folder / "watermarks" / method / f"{source}.key")
+            threshold = key.threshold
+            suspects: list[tuple[str, str, str | None, Path]] = []
+            for attack in self.plan.attacks_for(self.task):
+                path = self.watermark_paths.get(attacked_name(key_name, attack))
+                if path is not None:
+                    suspects.append((attacked_name(source, attack), "positive", attack, path))
+            suspects += [(name, "negative", None, self.paths[name]) for name in self.task.references]
+            for suspect, kind, attack, path in suspects:
+                entry = f"{key_hash}:{digest(path)}"
+                if entry not in cache:
+                    cache[entry] = verify_watermark(read_state_dict(path), key, self.restoration).accuracy
+                value = cache[entry]
+                ratio = (1.0 - value) / (1.0 - threshold)
+                self.result.pairs.append(PairScore(
+                    method=method, source=source, suspect=suspect, kind=kind, attack=attack,
+                    hard=self.is_hard(source, suspect), value=value, ratio=ratio, score=value,
+                    derived=value >= threshold,
+                ))
+        atomic_write_bytes(cache_path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
+
     # Pairs -------------------------------------------------------------------
 
     def is_hard(self, source: str, suspect: str) -> bool:
@@ -364,12 +503,13 @@ def _jobs(runner: _TaskRunner) -> list[tuple[str, Callable[[], None]]]:
     """List the task's jobs in order; later jobs read what earlier ones made."""
     plan, task = runner.plan, runner.task
     jobs: list[tuple[str, Callable[[], None]]] = []
-    for source in task.sources:
-        for attack in plan.attacks_for(task):
-            jobs.append((f"{task.task}: attack {source} with {attack}",
-                         lambda s=source, a=attack: runner.make_attack(s, a)))
+    if plan.fingerprint_methods:
+        for source in task.sources:
+            for attack in plan.attacks_for(task):
+                jobs.append((f"{task.task}: attack {source} with {attack}",
+                             lambda s=source, a=attack: runner.make_attack(s, a)))
 
-    for method in plan.methods:
+    for method in plan.fingerprint_methods:
         if method in DERIVED_METHODS:
             continue
         if method in IPGUARD_HEADS:
@@ -390,6 +530,27 @@ def _jobs(runner: _TaskRunner) -> list[tuple[str, Callable[[], None]]]:
         jobs.append((f"{task.task}: calibrated decisions", runner.score_calibrated))
     if "query" in plan.methods:
         jobs.append((f"{task.task}: query-only distances", runner.score_query))
+    jobs += _watermark_jobs(runner)
+    return jobs
+
+
+def _watermark_jobs(runner: _TaskRunner) -> list[tuple[str, Callable[[], None]]]:
+    """List the watermarking jobs: per source, every method's embedding and attacks; then the verifications.
+
+    Sources come first in the order so that a run stopped early has every
+    method on the sources it finished.
+    """
+    plan, task = runner.plan, runner.task
+    jobs: list[tuple[str, Callable[[], None]]] = []
+    for source in task.sources:
+        for method in plan.watermark_methods:
+            jobs.append((f"{task.task}: {method} watermark of {source}",
+                         lambda m=method, s=source: runner.watermark(m, s)))
+            for attack in plan.attacks_for(task):
+                jobs.append((f"{task.task}: attack {method}-watermarked {source} with {attack}",
+                             lambda m=method, s=source, a=attack: runner.watermark_attack(m, s, a)))
+    for method in plan.watermark_methods:
+        jobs.append((f"{task.task}: {method} verifications", lambda m=method: runner.score_watermark(m)))
     return jobs
 
 
@@ -411,8 +572,10 @@ def count_jobs(plan: BenchPlan) -> int:
     total = 0
     for task in plan.tasks:
         attacked = len(task.sources) * len(plan.attacks_for(task))
-        total += attacked
-        for method in plan.methods:
+        if plan.fingerprint_methods:
+            total += attacked
+        total += len(plan.watermark_methods) * (len(task.sources) + attacked + 1)
+        for method in plan.fingerprint_methods:
             if method in DERIVED_METHODS:
                 total += 1
                 continue
