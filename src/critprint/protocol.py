@@ -335,13 +335,19 @@ PRESETS: dict[str, dict[str, Any]] = {"paper": _PAPER, "quick": _QUICK, "tuned":
 DEFAULT_PROTOCOL = "tuned"
 """The preset ``register`` and the library use when none is named."""
 
+_LGP_8_1: dict[str, Any] = {"lgp_points": 8, "lgp_radius": 1.0}
+
 TUNED_CHANGES: dict[str, dict[str, Any]] = {
-    # Settings chosen by ``critprint bench --study protocol``; docs/benchmarks.md
-    # ("Protocol study") gives the numbers behind each.
-    "denoise": {"features": {"lgp_points": 8, "lgp_radius": 1.0}},
-    "sr": {"noise_sigma": 0.3, "features": {"lgp_points": 8, "lgp_radius": 1.0}},
+    # Each entry is the setting ``critprint bench --study protocol`` chose for the task;
+    # docs/benchmarks.md ("Protocol study") gives the numbers behind each.
+    "denoise": {"features": {"colour_bins": 16, **_LGP_8_1}},
+    "sr": {"noise_sigma": 0.3, "features": _LGP_8_1},
+    "deblur": {"features": {"colour_bins": 16, **_LGP_8_1}},
+    "lowlight": {"features": {"colour_bins": 2}},
+    "derain": {"noise_sigma": 0.3, "features": _LGP_8_1},
+    "jpeg": {"features": {"colour_bins": 2}},
 }
-"""Changes the ``tuned`` preset makes to ``quick`` per task; ``features`` holds :class:`FeatureSettings` fields."""
+"""Changes the ``tuned`` preset makes to ``quick`` per task; ``features`` contains :class:`FeatureSettings` fields."""
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # The paper's denoising noise: sigma 1 on the [0, 1] scale.
