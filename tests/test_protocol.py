@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from critprint.errors import InvalidInputError
-from critprint.protocol import FeatureSettings, Protocol, get_protocol
+from critprint.protocol import DEFAULT_PROTOCOL, TUNED_CHANGES, FeatureSettings, Protocol, get_protocol
 
 
 def test_paper_preset_matches_published_settings() -> None:
@@ -21,6 +23,34 @@ def test_sr_preset_has_no_noise() -> None:
     protocol = get_protocol("paper", "sr", scale=4)
     assert protocol.noise_sigma == 0.0
     assert protocol.input_size == 32
+
+
+def test_default_is_tuned_preset() -> None:
+    assert DEFAULT_PROTOCOL == "tuned"
+
+
+@pytest.mark.parametrize("task", ["denoise", "sr", "deblur", "lowlight", "derain", "jpeg"])
+def test_tuned_preset_is_quick_plus_task_changes(task: str) -> None:
+    scale = 4 if task == "sr" else 1
+    quick = get_protocol("quick", task, scale=scale)
+    tuned = get_protocol("tuned", task, scale=scale)
+    changes = dict(TUNED_CHANGES[task])
+    features = changes.pop("features", {})
+    assert tuned.name == "tuned"
+    assert tuned.features == FeatureSettings(**{**dataclasses.asdict(quick.features), **features})
+    assert tuned == quick.replace(name="tuned", features=tuned.features, **changes)
+    assert (tuned.size, tuned.iterations) == (quick.size, quick.iterations)
+
+
+def test_tuned_sr_adds_noise_and_paper_stays_noise_free() -> None:
+    assert get_protocol("tuned", "sr", scale=4).noise_sigma == 0.3
+    assert get_protocol("paper", "sr", scale=4).noise_sigma == 0.0
+    assert get_protocol("quick", "sr", scale=4).noise_sigma == 0.0
+
+
+def test_tuned_custom_task_equals_quick() -> None:
+    quick = get_protocol("quick", "custom", custom_degradation="pkg.mod:fn")
+    assert get_protocol("tuned", "custom", custom_degradation="pkg.mod:fn") == quick.replace(name="tuned")
 
 
 def test_round_trip_through_dict() -> None:
