@@ -147,8 +147,10 @@ def test_report_screenshot_shows_the_images(report_html: str, tmp_path: Path) ->
 
 def test_report_command_writes_html(setup: dict, tmp_path: Path) -> None:
     registry = tmp_path / "registry"
+    # The quick preset's histograms are those of the fixture's protocol, so the calibration applies.
     result = runner.invoke(app, ["register", str(setup["references"][0]), "--name", "src", "--task", "denoise",
-                                 "--size", "24", "--iterations", "20", "--registry", str(registry)])
+                                 "--protocol", "quick", "--size", "24", "--iterations", "20",
+                                 "--registry", str(registry)])
     assert result.exit_code == 0, result.output
     calibration = save_calibration(setup["calibration"], tmp_path / "calibration.json")
     out = tmp_path / "evidence.html"

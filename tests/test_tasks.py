@@ -20,7 +20,7 @@ from critprint.degradations import get_degradation, load_custom_degradation
 from critprint.errors import IncompatibleModelError, InvalidInputError
 from critprint.extraction import extract_critical_image
 from critprint.models import DEFAULT_NOISE_MAP_LEVEL, infer_task, load_model, read_state_dict, save_state_dict
-from critprint.protocol import TASKS, Protocol, get_protocol
+from critprint.protocol import DEFAULT_PROTOCOL, TASKS, Protocol, get_protocol
 from critprint.registry import Registry
 
 from conftest import tiny_denoiser
@@ -326,7 +326,7 @@ def test_sr_every_scale_and_gray(scale: int, channels: int, tmp_path: Path) -> N
     fingerprint = Registry(registry).load("sr")
     assert fingerprint.protocol.scale == scale
     assert fingerprint.critical_image.shape == (channels, size, size)
-    assert fingerprint.features.numel() == channels * 4 + 18
+    assert fingerprint.features.numel() == get_protocol(DEFAULT_PROTOCOL, "sr", scale=scale).features.length(channels)
     code, stdout, stderr = run("verify", pruned, "--against", "sr", "--registry", registry, "--json")
     assert code == 0, stderr
     assert json.loads(stdout)["verdict"] == "derived"

@@ -39,7 +39,7 @@ from critprint.cli.output import (
 from critprint.errors import InvalidInputError
 from critprint.fingerprint import Fingerprint, atomic_write_bytes, load_fingerprint, now_utc, software_versions
 from critprint.models import ModelHandle, load_model
-from critprint.protocol import PRESETS, TASKS, get_protocol
+from critprint.protocol import DEFAULT_PROTOCOL, PRESETS, TASKS, get_protocol
 from critprint.query import ProbeSettings, command_query, model_query
 from critprint.registry import Registry
 from critprint.verdict import QueryVerification, calibrated_verdict, verify_query
@@ -199,7 +199,7 @@ def calibrate(
     against: Annotated[Optional[str], typer.Option("--against", help="Calibrate for this registered fingerprint's protocol.")] = None,
     fingerprint: Annotated[Optional[Path], typer.Option("--fingerprint", help="Calibrate for this fingerprint file's protocol.")] = None,
     task: Annotated[Optional[str], typer.Option("--task", metavar="TASK", help=f"Task, with --protocol: {', '.join(TASKS)}.")] = None,
-    protocol: Annotated[str, typer.Option("--protocol", metavar="NAME", help=f"Preset with --task: {' or '.join(PRESETS)}.")] = "quick",
+    protocol: Annotated[str, typer.Option("--protocol", metavar="NAME", help=f"Preset with --task: {' or '.join(PRESETS)}.")] = DEFAULT_PROTOCOL,
     scale: Annotated[int, typer.Option("--scale", min=1, help="Model scale with --task.")] = 1,
     references: Annotated[
         Optional[list[str]],
