@@ -11,13 +11,17 @@ architecture and the attacked copies a benchmark makes), and scores every
 - negatives: every ordered pair of different unattacked models.
 
 A setting is written as ``key=value`` pairs joined by commas, for example
-``noise_sigma=0.3,iterations=1000``. Keys are the numeric and text fields of
-:class:`critprint.protocol.Protocol` (changes to the extraction), the
-histogram settings ``colour_bins``, ``lgp_points`` and ``lgp_radius``
-(applied to the same critical images, with eta recomputed for the new
-length L), ``seeds`` (K initialisations, features averaged) and
-``extra_noise`` (further noise strengths, ``+``-separated, whose features are
-appended to the vector: several degradation strengths in one fingerprint).
+``noise_sigma=0.3,iterations=1000``. The keys are:
+
+- the numeric and text fields of :class:`critprint.protocol.Protocol`,
+  which change the extraction;
+- ``colour_bins``, ``lgp_points`` and ``lgp_radius``, histogram settings
+  applied to the same critical images, with eta recomputed for the new L;
+- ``seeds``: K initialisations whose features are averaged;
+- ``extra_noise``: further noise strengths, ``+``-separated, whose features
+  are appended to the vector (several degradation strengths in one
+  fingerprint).
+
 The empty setting ``base`` is the base protocol itself.
 
 Each extraction is cached under ``DIR/TASK/study/PROTOCOL-HASH/MODEL.safetensors``
@@ -250,7 +254,7 @@ def parse_setting(text: str) -> StudySetting:
 
 @dataclass(frozen=True)
 class SettingScore:
-    """How one setting did on one task.
+    """Scores of one setting on one task.
 
     Attributes:
         setting: The setting as written.
@@ -448,12 +452,12 @@ def _task_plan(plan: BenchPlan, task: str) -> TaskPlan:
 
 
 def _prepare(plan: BenchPlan, task: TaskPlan, out_dir: Path, progress: BenchProgress | None) -> _TaskModels:
-    made = attacked_models(plan, task, out_dir, progress)
+    attacked = attacked_models(plan, task, out_dir, progress)
     changes = {} if plan.iterations is None else {"iterations": plan.iterations}
     base = get_protocol(plan.protocol, task.task, scale=task.scale, **changes)  # type: ignore[arg-type]
     positives: list[tuple[str, str]] = []
     excluded: list[dict[str, Any]] = []
-    for outcome in made.attacks:
+    for outcome in attacked.attacks:
         source, name = outcome["source"], outcome["model"]
         if outcome["psnr_change_db"] >= -MAX_PSNR_DROP_DB:
             positives.append((source, name))
@@ -462,7 +466,7 @@ def _prepare(plan: BenchPlan, task: TaskPlan, out_dir: Path, progress: BenchProg
     order = {attacked_name(s, a): i for i, (s, a) in enumerate(
         (s, a) for s in task.sources for a in plan.attacks_for(task))}
     positives.sort(key=lambda pair: order.get(pair[1], len(order)))
-    return _TaskModels(task=task, base=base, folder=out_dir / task.task, paths=made.paths,
+    return _TaskModels(task=task, base=base, folder=out_dir / task.task, paths=attacked.paths,
                        positives=positives, excluded=excluded)
 
 

@@ -589,7 +589,7 @@ class AttackedModels:
 
     Attributes:
         paths: Model name to weights file, references and attacked copies.
-        attacks: One record per attacked copy, as ``DIR/TASK/models/NAME.json`` holds it.
+        attacks: One record per attacked copy, as ``DIR/TASK/models/NAME.json`` contains it.
         failures: ``{"job", "error"}`` of each attack that failed.
     """
 
