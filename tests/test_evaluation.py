@@ -152,6 +152,11 @@ def test_quick_bench_writes_the_summary(quick_bench: tuple[Path, dict, float]) -
             assert set(entry["success_rate"]) == set(plan.attacks)
             assert all(0.0 <= rate <= 1.0 for rate in entry["success_rate"].values())
             assert entry["min_offdiag_ratio"] > 0
+            if not watermark:
+                # Every pair of sources and of hard negatives is a negative, so neither minimum is below this one.
+                assert 0 < entry["min_negative_ratio"] <= entry["min_offdiag_ratio"]
+                assert entry["min_hard_negative_ratio"] is None or (
+                    entry["min_negative_ratio"] <= entry["min_hard_negative_ratio"])
         # The IPGuard threshold is set so that every pair of sources is distinguished.
         for method in ("projcl", "poolcl"):
             assert task_summary["methods"][method]["min_offdiag_ratio"] >= 1.0

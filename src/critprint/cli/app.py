@@ -841,13 +841,14 @@ def bench(
         print_json(summary)
         return
     table = Table(title=f"critprint bench ({plan.name} plan), {summary['seconds']:.0f} s; details in {out / 'report.md'}")
-    for column in ("task", "method", "AUC", "TPR at 1 % FPR", "min ratio", *plan.all_attacks):
+    for column in ("task", "method", "AUC", "TPR at 1 % FPR", "min ratio, sources", "min ratio, any two",
+                   *plan.all_attacks):
         table.add_column(column)
     for task_name, task_summary in summary["tasks"].items():
         for method, entry in task_summary["methods"].items():
             table.add_row(
                 task_name, method, _format_number(entry["auc"]), _format_number(entry["tpr_at_1pct_fpr"]),
-                _format_number(entry["min_offdiag_ratio"]),
+                _format_number(entry["min_offdiag_ratio"]), _format_number(entry["min_negative_ratio"]),
                 *(_format_number(entry["success_rate"].get(name)) for name in plan.all_attacks),
             )
     stdout.print(table)

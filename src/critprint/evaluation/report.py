@@ -78,6 +78,7 @@ def summarise_task(run: TaskRun, plan: BenchPlan) -> dict[str, Any]:
         entry["min_offdiag_ratio"] = _min_offdiag(ratio_matrix(run, method, run.plan.sources))
         hard = run.plan.hard_negatives
         entry["min_hard_negative_ratio"] = _min_offdiag(ratio_matrix(run, method, hard)) if hard else None
+        entry["min_negative_ratio"] = min((p.ratio for p in negatives), default=None)
         entry["per_attack"] = {}
         for attack in plan.attacks_for(run.plan):
             attacked = [p.score for p in positives if p.attack == attack]
@@ -270,10 +271,11 @@ def render_markdown(plan: BenchPlan, runs: Sequence[TaskRun], summary: dict[str,
             rows.append([
                 _METHOD_LABELS[method], _number(entry["auc"]), _number(entry["tpr_at_1pct_fpr"]),
                 _number(entry["min_offdiag_ratio"]), _number(entry["min_hard_negative_ratio"]),
-                _number(entry["false_positive_rate"]), str(entry["positives"]), str(entry["negatives"]),
+                _number(entry["min_negative_ratio"]), _number(entry["false_positive_rate"]),
+                str(entry["positives"]), str(entry["negatives"]),
             ])
         lines += _table(["method", "AUC", "TPR at 1 % FPR", "min ratio, sources", "min ratio, hard negatives",
-                         "false-positive rate", "positives", "negatives"], rows)
+                         "min ratio, any two models", "false-positive rate", "positives", "negatives"], rows)
         if "critprint" in methods:
             lines += ["", *_false_positive_lines(task_summary["methods"]["critprint"])]
         lines += _rule_lines(run, plan, task_summary)
