@@ -44,6 +44,9 @@ def test_tuned_preset_is_quick_plus_task_changes(task: str) -> None:
 
 def test_sr_noise_per_preset() -> None:
     assert get_protocol("tuned", "sr", scale=4).noise_sigma == 0.3
+    assert get_protocol("tuned", "sr", scale=4).schedule == "cosine"
+    assert get_protocol("tuned", "sr", scale=4).learning_rate == 0.15
+    assert get_protocol("quick", "sr", scale=4).schedule == "constant"
     assert get_protocol("paper", "sr", scale=4).noise_sigma == 0.0
     assert get_protocol("quick", "sr", scale=4).noise_sigma == 0.0
 

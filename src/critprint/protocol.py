@@ -336,15 +336,16 @@ DEFAULT_PROTOCOL = "tuned"
 """The preset ``register`` and the library use when none is named."""
 
 _LGP_8_1: dict[str, Any] = {"lgp_points": 8, "lgp_radius": 1.0}
+_COSINE_0_15: dict[str, Any] = {"learning_rate": 0.15, "schedule": "cosine"}
 
 TUNED_CHANGES: dict[str, dict[str, Any]] = {
     # Each entry is the setting ``critprint bench --study protocol`` chose for the task;
     # docs/benchmarks.md ("Protocol study") gives the numbers behind each.
     "denoise": {"features": {"colour_bins": 16, **_LGP_8_1}},
-    "sr": {"noise_sigma": 0.3, "features": _LGP_8_1},
+    "sr": {"noise_sigma": 0.3, **_COSINE_0_15, "features": _LGP_8_1},
     "deblur": {"features": {"colour_bins": 16, **_LGP_8_1}},
     "lowlight": {"features": {"colour_bins": 2}},
-    "derain": {"noise_sigma": 0.3, "features": _LGP_8_1},
+    "derain": {"noise_sigma": 0.3, **_COSINE_0_15, "features": _LGP_8_1},
     "jpeg": {"features": {"colour_bins": 2}},
 }
 """Changes the ``tuned`` preset makes to ``quick`` per task; ``features`` contains :class:`FeatureSettings` fields."""

@@ -100,12 +100,30 @@ _NOISE_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
     "jpeg": ("",),
 }
 
+# The best first-round settings of denoise and SR (also deblur and derain), which the second round changes.
+_DENOISE_FIRST_ROUND = "colour_bins=16,lgp_points=8,lgp_radius=1"
+_SR_FIRST_ROUND = "noise_sigma=0.3,lgp_points=8,lgp_radius=1"
+
 _OTHER_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
-    "denoise": ("extra_noise=0.3", "iterations=250"),
+    "denoise": (
+        "extra_noise=0.3", "iterations=250",
+        f"{_DENOISE_FIRST_ROUND},schedule=cosine,learning_rate=0.15",
+    ),
     "sr": (
         "extra_noise=0.3", "seeds=2", "tv_weight=0", "tv_weight=0.01", "iterations=250",
         "noise_sigma=0.3,seeds=2", "noise_sigma=0.3,iterations=250", "noise_sigma=0.3,size=96",
+        f"{_SR_FIRST_ROUND},schedule=cosine",
+        f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15",
+        f"{_SR_FIRST_ROUND},schedule=cosine,iterations=300",
     ),
+    "deblur": (f"{_DENOISE_FIRST_ROUND},schedule=cosine", f"{_DENOISE_FIRST_ROUND},blur_sigma=2.4"),
+    "lowlight": ("colour_bins=2,schedule=cosine",),
+    "derain": (
+        f"{_SR_FIRST_ROUND},schedule=cosine",
+        f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15",
+        f"{_SR_FIRST_ROUND},rain_density=0.02",
+    ),
+    "jpeg": ("colour_bins=2,schedule=cosine", "colour_bins=2,noise_sigma=0.1"),
 }
 
 
@@ -123,7 +141,9 @@ Every noise strength of the degradation crossed with every histogram setting
 extraction. Then single changes that cost extractions: a second noise
 strength appended to the features (an idea of ours), fewer iterations, and
 for x4 SR also K = 2, lambda and some of them paired with noise 0.3, plus a
-larger image with noise 0.3.
+larger image with noise 0.3. Last, a second round on top of each task's
+best first-round setting: a cosine learning-rate schedule (from 0.1 or
+0.15), and a stronger blur, denser rain or noise on the JPEG input.
 """
 
 
