@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -91,7 +92,7 @@ def bare_loop(handle: ModelHandle, protocol: Protocol, iterations: int) -> float
     The loop does only what the method needs: the seeded draws, the task's
     degradation (noise, or average pooling for super-resolution), the
     forward pass, the objective, the backward pass to the input, the Adam
-    step and the clamp to [0, 1].
+    step with the protocol's learning-rate schedule, and the clamp to [0, 1].
     """
     module = handle.module
     generator = torch.Generator().manual_seed(protocol.seed)
@@ -99,7 +100,9 @@ def bare_loop(handle: ModelHandle, protocol: Protocol, iterations: int) -> float
     image = (torch.randn(shape, generator=generator) * protocol.beta).requires_grad_(True)
     optimiser = torch.optim.Adam([image], lr=protocol.learning_rate)
     start = time.perf_counter()
-    for _ in range(iterations):
+    for step in range(iterations):
+        if protocol.schedule == "cosine":
+            optimiser.param_groups[0]["lr"] = protocol.learning_rate * 0.5 * (1 + math.cos(math.pi * step / iterations))
         degraded = F.avg_pool2d(image, protocol.scale) if protocol.scale > 1 else image
         if protocol.noise_sigma > 0:
             degraded = degraded + torch.randn(degraded.shape, generator=generator) * protocol.noise_sigma
