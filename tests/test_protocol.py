@@ -51,6 +51,11 @@ def test_sr_noise_per_preset() -> None:
     assert get_protocol("quick", "sr", scale=4).noise_sigma == 0.0
 
 
+def test_lowlight_tv_weight_per_preset() -> None:
+    assert get_protocol("tuned", "lowlight").tv_weight == 0.0
+    assert get_protocol("quick", "lowlight").tv_weight == 1e-3
+
+
 def test_tuned_custom_task_equals_quick() -> None:
     quick = get_protocol("quick", "custom", custom_degradation="pkg.mod:fn")
     assert get_protocol("tuned", "custom", custom_degradation="pkg.mod:fn") == quick.replace(name="tuned")

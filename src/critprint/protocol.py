@@ -344,7 +344,7 @@ TUNED_CHANGES: dict[str, dict[str, Any]] = {
     "denoise": {"features": {"colour_bins": 16, **_LGP_8_1}},
     "sr": {"noise_sigma": 0.3, **_COSINE_0_15, "features": _LGP_8_1},
     "deblur": {"features": {"colour_bins": 16, **_LGP_8_1}},
-    "lowlight": {"features": {"colour_bins": 2}},
+    "lowlight": {"tv_weight": 0.0, "features": {"colour_bins": 2}},
     "derain": {"noise_sigma": 0.3, **_COSINE_0_15, "features": _LGP_8_1},
     "jpeg": {"features": {"colour_bins": 2}},
 }

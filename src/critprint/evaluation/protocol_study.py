@@ -103,6 +103,13 @@ _NOISE_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
 # The best first-round settings of denoise and SR (also deblur and derain), which the second round changes.
 _DENOISE_FIRST_ROUND = "colour_bins=16,lgp_points=8,lgp_radius=1"
 _SR_FIRST_ROUND = "noise_sigma=0.3,lgp_points=8,lgp_radius=1"
+_DERAIN_SECOND_ROUND = f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15"
+
+
+def _lambda_and_k(setting: str) -> tuple[str, ...]:
+    """Return ``setting`` without and with a stronger total-variation term, and with K = 2."""
+    return (f"{setting},tv_weight=0", f"{setting},tv_weight=0.01", f"{setting},seeds=2")
+
 
 _OTHER_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
     "denoise": (
@@ -116,14 +123,16 @@ _OTHER_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
         f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15",
         f"{_SR_FIRST_ROUND},schedule=cosine,iterations=300",
     ),
-    "deblur": (f"{_DENOISE_FIRST_ROUND},schedule=cosine", f"{_DENOISE_FIRST_ROUND},blur_sigma=2.4"),
-    "lowlight": ("colour_bins=2,schedule=cosine",),
-    "derain": (
-        f"{_SR_FIRST_ROUND},schedule=cosine",
-        f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15",
-        f"{_SR_FIRST_ROUND},rain_density=0.02",
+    "deblur": (
+        f"{_DENOISE_FIRST_ROUND},schedule=cosine", f"{_DENOISE_FIRST_ROUND},blur_sigma=2.4",
+        *_lambda_and_k(_DENOISE_FIRST_ROUND),
     ),
-    "jpeg": ("colour_bins=2,schedule=cosine", "colour_bins=2,noise_sigma=0.1"),
+    "lowlight": ("colour_bins=2,schedule=cosine", *_lambda_and_k("colour_bins=2")),
+    "derain": (
+        f"{_SR_FIRST_ROUND},schedule=cosine", _DERAIN_SECOND_ROUND, f"{_SR_FIRST_ROUND},rain_density=0.02",
+        *_lambda_and_k(_DERAIN_SECOND_ROUND),
+    ),
+    "jpeg": ("colour_bins=2,schedule=cosine", "colour_bins=2,noise_sigma=0.1", *_lambda_and_k("colour_bins=2")),
 }
 
 
@@ -143,7 +152,8 @@ strength appended to the features (an idea of ours), fewer iterations, and
 for x4 SR also K = 2, lambda and some of them paired with noise 0.3, plus a
 larger image with noise 0.3. Last, a second round on top of each task's
 best first-round setting: a cosine learning-rate schedule (from 0.1 or
-0.15), and a stronger blur, denser rain or noise on the JPEG input.
+0.15), and a stronger blur, denser rain or noise on the JPEG input. For the
+four newer tasks also lambda 0 and 1e-2 and K = 2 on the chosen setting.
 """
 
 
