@@ -42,7 +42,7 @@ def test_tuned_preset_is_quick_plus_task_changes(task: str) -> None:
     assert (tuned.size, tuned.iterations) == (quick.size, quick.iterations)
 
 
-def test_sr_noise_per_preset() -> None:
+def test_sr_noise_and_schedule_per_preset() -> None:
     assert get_protocol("tuned", "sr", scale=4).noise_sigma == 0.3
     assert get_protocol("tuned", "sr", scale=4).schedule == "cosine"
     assert get_protocol("tuned", "sr", scale=4).learning_rate == 0.15

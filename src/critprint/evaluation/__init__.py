@@ -9,17 +9,13 @@ uses, so every number measures what a user runs.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from critprint.evaluation.plan import ATTACK_NAMES, METHODS, BenchPlan, TaskPlan, get_plan
-from critprint.evaluation.report import write_outputs
+from critprint.evaluation.report import run_metadata, write_outputs
 from critprint.evaluation.runner import BenchProgress, count_jobs, run_task
-from critprint.fingerprint import now_utc, software_versions
 
 __all__ = ["run_bench", "get_plan", "BenchPlan", "TaskPlan", "METHODS", "ATTACK_NAMES", "BenchProgress"]
 
@@ -47,12 +43,7 @@ def run_bench(plan: BenchPlan, out_dir: str | Path, progress: BenchProgress | No
         runs.append(run)
     if progress is not None:
         progress(total, total, "done")
-    extra = {
-        "created_at": now_utc(),
-        "seconds": round(time.perf_counter() - start, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.system()}",
-        "versions": software_versions(),
-    }
+    extra = run_metadata(start)
     summary = write_outputs(plan, runs, folder, extra)
     logger.info("benchmark %s finished in %.0f s", plan.name, extra["seconds"])
     return summary

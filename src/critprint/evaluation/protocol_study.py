@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import math
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -51,9 +50,10 @@ from critprint.decision import feature_distance, threshold
 from critprint.errors import InvalidInputError
 from critprint.evaluation.metrics import summarise_roc
 from critprint.evaluation.plan import BenchPlan, TaskPlan, get_plan
+from critprint.evaluation.report import run_metadata
 from critprint.evaluation.runner import BenchProgress, attacked_models, attacked_name, cached_fingerprint
 from critprint.features import feature_vector
-from critprint.fingerprint import Fingerprint, atomic_write_bytes, now_utc, software_versions
+from critprint.fingerprint import Fingerprint, atomic_write_bytes
 from critprint.models import ModelHandle, load_model
 from critprint.protocol import FeatureSettings, Protocol, get_protocol
 
@@ -100,14 +100,14 @@ _NOISE_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
     "jpeg": ("",),
 }
 
-# The best first-round settings of denoise and SR (also deblur and derain), which the second round changes.
+# First-round winners: the denoise one also won deblurring, and the SR one deraining. The second round changes them.
 _DENOISE_FIRST_ROUND = "colour_bins=16,lgp_points=8,lgp_radius=1"
 _SR_FIRST_ROUND = "noise_sigma=0.3,lgp_points=8,lgp_radius=1"
 _DERAIN_SECOND_ROUND = f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15"
 
 
 def _lambda_and_k(setting: str) -> tuple[str, ...]:
-    """Return ``setting`` without and with a stronger total-variation term, and with K = 2."""
+    """Return ``setting`` with lambda 0, with lambda 1e-2 (the default is 1e-3) and with K = 2."""
     return (f"{setting},tv_weight=0", f"{setting},tv_weight=0.01", f"{setting},seeds=2")
 
 
@@ -563,10 +563,7 @@ def run_protocol_study(
         progress(1, 1, "done")
     summary = {
         "study": "protocol",
-        "created_at": now_utc(),
-        "seconds": round(time.perf_counter() - start, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.system()}",
-        "versions": software_versions(),
+        **run_metadata(start),
         "plan": plan.name,
         "fpr": plan.fpr,
         "max_psnr_drop_db": MAX_PSNR_DROP_DB,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import platform
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from PIL import Image
 from critprint.evaluation.metrics import summarise_roc
 from critprint.evaluation.plan import WATERMARK_METHODS, BenchPlan
 from critprint.evaluation.runner import PairScore, TaskRun, attacked_name
-from critprint.fingerprint import atomic_write_bytes
+from critprint.fingerprint import atomic_write_bytes, now_utc, software_versions
 from critprint.images import to_uint8
 
 __all__ = ["summarise_task", "ratio_matrix", "heatmap", "montage", "render_markdown", "write_outputs"]
@@ -52,6 +54,16 @@ def ratio_matrix(run: TaskRun, method: str, models: Sequence[str]) -> list[list[
     """Return the ratio of every (row source, column suspect) negative pair; None on the diagonal or when missing."""
     lookup = {(pair.source, pair.suspect): pair.ratio for pair in _pairs(run, method, "negative")}
     return [[None if row == column else lookup.get((row, column)) for column in models] for row in models]
+
+
+def run_metadata(start: float) -> dict[str, Any]:
+    """Return when a run finished, its seconds since ``start`` (a ``time.perf_counter`` value), the machine and versions."""
+    return {
+        "created_at": now_utc(),
+        "seconds": round(time.perf_counter() - start, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.system()}",
+        "versions": software_versions(),
+    }
 
 
 def _min_offdiag(matrix: list[list[float | None]]) -> float | None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -37,9 +36,9 @@ from critprint.checks import check_choice
 from critprint.decision import decide
 from critprint.errors import InvalidInputError
 from critprint.evaluation.plan import get_plan
-from critprint.evaluation.report import heatmap, montage
+from critprint.evaluation.report import heatmap, montage, run_metadata
 from critprint.evaluation.runner import BenchProgress, cached_fingerprint
-from critprint.fingerprint import Fingerprint, atomic_write_bytes, now_utc, software_versions
+from critprint.fingerprint import Fingerprint, atomic_write_bytes
 from critprint.models import load_model
 from critprint.protocol import Protocol, get_protocol
 
@@ -317,10 +316,7 @@ def run_seed_studies(
         progress(total, total, "done")
     summary = {
         "study": "seeds",
-        "created_at": now_utc(),
-        "seconds": round(time.perf_counter() - start, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.system()}",
-        "versions": software_versions(),
+        **run_metadata(start),
         "seeds": seeds,
         "protocol": protocol,
         "iterations": iterations,
