@@ -18,16 +18,21 @@ from critprint.decision import decide, feature_distance, threshold
 from critprint.errors import InvalidInputError
 from critprint.evaluation import get_plan
 from critprint.evaluation.protocol_study import (
+    DEFAULT_GRIDS,
     SettingScore,
     choose_setting,
     parse_setting,
     protocol_key,
     run_protocol_study,
 )
+from critprint.calibration import calibrated_decision
+from critprint.evaluation.metrics import held_out_null
 from critprint.evaluation.runner import AttackedModels
 from critprint.features import feature_vector
 from critprint.fingerprint import load_fingerprint
+from critprint.models import load_model
 from critprint.protocol import FeatureSettings, get_protocol
+from critprint.query import ProbeSettings, model_query, probe_inputs, query_distance, run_queries
 
 
 def _plan():  # type: ignore[no-untyped-def]
@@ -51,6 +56,11 @@ def test_parse_setting_reads_protocol_feature_and_study_keys() -> None:
     assert parse_setting("base") == parse_setting("")
     assert parse_setting("base").expressible
     assert parse_setting("size=96").cost(base) == pytest.approx(2.25)
+    query = parse_setting("noise_sigma=0.3,statistic=query")
+    assert (query.statistic, query.changes, query.expressible) == ("query", (("noise_sigma", 0.3),), False)
+    assert parse_setting("statistic=d").expressible
+    assert parse_setting("statistic=query,probe_count=8,probe_jitter=0.1").probes == ProbeSettings(8, 0.1)
+    assert parse_setting("statistic=query").probes == ProbeSettings()
 
 
 @pytest.mark.parametrize(
@@ -63,12 +73,32 @@ def test_parse_setting_reads_protocol_feature_and_study_keys() -> None:
         ("seeds=0", "invalid setting seeds=0 in 'seeds=0': expected an integer >= 1"),
         ("extra_noise=0.1+-1", "expected numbers >= 0 joined by +"),
         ("seed=3", "invalid setting key 'seed'"),
+        ("statistic=p", "invalid setting statistic=p in 'statistic=p': expected d, query or combined"),
+        ("statistic=query,seeds=2", "statistic=query uses one critical image; drop seeds and extra_noise"),
+        ("statistic=combined,extra_noise=0.3", "statistic=combined uses one critical image"),
+        ("probe_count=8", "probe_count and probe_jitter need statistic=query or statistic=combined"),
+        ("statistic=query,probe_count=0", "invalid probe count 0: expected an integer >= 1"),
+        ("statistic=query,probe_jitter=0.1,probe_jitter=0.2", "key 'probe_jitter' appears twice"),
     ],
 )
 def test_parse_setting_rejects_bad_text(text: str, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
         parse_setting(text)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("task", sorted(DEFAULT_GRIDS))
+def test_grid_holds_the_tuned_setting_and_its_rules(task: str) -> None:
+    scale = 4 if task == "sr" else 1
+    base = get_protocol("quick", task, scale=scale)
+    tuned = get_protocol("tuned", task, scale=scale)
+    settings = [parse_setting(text) for text in DEFAULT_GRIDS[task]]
+    # The preset is one of the grid's settings, so a study run can choose it.
+    assert any(s.expressible and s.protocol(base).replace(name="tuned") == tuned for s in settings)
+    rules = [s for s in settings if s.statistic != "d"]
+    assert [s.statistic for s in rules] == ["query", "combined"]
+    for rule in rules:
+        assert rule.protocol(base).replace(name="tuned") == tuned
 
 
 def _score(name: str, tpr: float, cost: float, auc: float, derived: int = 1, expressible: bool = True,
@@ -142,6 +172,75 @@ def test_study_scores_match_decide_and_reuse_extractions(tmp_path: Path, monkeyp
     again = run_protocol_study(["denoise"], tmp_path, {"denoise": settings}, _plan())
     assert [score["auc"] for score in again["tasks"]["denoise"]["scores"]] == [score["auc"] for score in
                                                                                result["scores"]]
+
+
+def test_query_and_combined_statistics_score_against_held_out_thresholds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = ["base", "statistic=query", "statistic=combined"]
+    summary = run_protocol_study(["denoise"], tmp_path, {"denoise": settings}, _plan())
+    result = summary["tasks"]["denoise"]
+    _, query, combined = result["scores"]
+    assert result["chosen"] == "base"
+    assert (query["length"], query["expressible"], query["cost"]) == (0, False, 1.0)
+    assert (combined["length"], combined["expressible"]) == (30, False)
+    assert (query["positives"], query["negatives"]) == (4, 6)
+    assert "the ratio columns hold q (d x q) over its held-out threshold" in (
+        tmp_path / "protocol-study.md").read_text()
+
+    # q computed here from the cached critical images, probe by probe.
+    base = get_protocol("quick", "denoise", iterations=4)
+    folder = tmp_path / "denoise" / "study" / protocol_key(base)
+    models = {name: load_model(path) for name, path in _plan_paths(tmp_path).items()}
+
+    def q(source: str, suspect: str) -> float:
+        record = load_fingerprint(folder / f"{source}.safetensors")
+        probes = probe_inputs(record.critical_image, record.protocol, ProbeSettings())
+        expected = run_queries(model_query(models[source], record.protocol), probes, 1)
+        return query_distance(expected, run_queries(model_query(models[suspect], record.protocol), probes, 1))
+
+    references = ("dncnn", "compact-dn", "dncnn-h")
+    null = {(a, b): q(a, b) for a in references for b in references if a != b}
+    ratios = {pair: calibrated_decision(held_out_null(null, *pair), value, 0.01, "q").ratio
+              for pair, value in null.items()}
+    lowest = min(ratios, key=ratios.__getitem__)
+    assert query["min_negative"] == {"ratio": pytest.approx(ratios[lowest], rel=1e-12), "source": lowest[0],
+                                     "suspect": lowest[1]}
+    copy = ("dncnn", "dncnn+prune")
+    copy_ratio = calibrated_decision(held_out_null(null, *copy), q(*copy), 0.01, "q").ratio
+    assert copy_ratio <= query["max_positive"]["ratio"]
+    assert query["derived_positives"] == 4 - len(query["missed"])
+
+    # combined: d x q against the held-out threshold of the products.
+    def d(source: str, suspect: str) -> float:
+        return feature_distance(load_fingerprint(folder / f"{source}.safetensors").features,
+                                load_fingerprint(folder / f"{suspect}.safetensors").features)
+
+    products = {pair: d(*pair) * value for pair, value in null.items()}
+    ratios = {pair: calibrated_decision(held_out_null(products, *pair), value, 0.01, "dq").ratio
+              for pair, value in products.items()}
+    lowest = min(ratios, key=ratios.__getitem__)
+    assert combined["min_negative"] == {"ratio": pytest.approx(ratios[lowest], rel=1e-9), "source": lowest[0],
+                                        "suspect": lowest[1]}
+
+    # The two statistics share one cache of q.
+    (cache,) = folder.glob("query-*.json")
+    assert len(json.loads(cache.read_text())["values"]) == 10
+
+    def no_query(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the second run queried again")
+
+    monkeypatch.setattr(study_module, "query_distances", no_query)
+    again = run_protocol_study(["denoise"], tmp_path, {"denoise": settings}, _plan())
+    assert again["tasks"]["denoise"]["scores"][1:] == [query, combined]
+    with pytest.raises(InvalidInputError, match="no setting for task 'denoise' that a protocol can record"):
+        run_protocol_study(["denoise"], tmp_path, {"denoise": ["statistic=query"]}, _plan())
+
+
+def _plan_paths(folder: Path) -> dict[str, Path]:
+    """Paths of the quick denoise plan's references and attacked copies, as the bench lays them out."""
+    paths = {name: zoo.model_path(name) for name in ("dncnn", "compact-dn", "dncnn-h")}
+    return paths | {path.stem: path for path in (folder / "denoise" / "models").glob("*+*.safetensors")}
 
 
 def test_copies_past_the_psnr_budget_are_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

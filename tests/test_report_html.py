@@ -161,6 +161,7 @@ def test_report_command_writes_html(setup: dict, tmp_path: Path) -> None:
     assert verdicts["paper"] == "derived"
     assert verdicts["calibrated"] == "derived"
     assert verdicts["query_only"] == "derived"
+    assert verdicts["combined"] == "derived"
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 

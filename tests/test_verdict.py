@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -230,6 +231,16 @@ def test_calibration_sample_sizes(calibration: Calibration) -> None:
     assert summary["sigma_h_of_median_null"] == pytest.approx(math.sqrt(sorted(calibration.d_null)[1]))
 
 
+def test_combined_null_is_d_times_q_of_each_ordered_pair(calibration: Calibration) -> None:
+    d = dict(zip(calibration.d_pairs, calibration.d_null))
+    expected = [d.get((a, b), d.get((b, a))) * q for (a, b), q in zip(calibration.q_pairs, calibration.q_null)]
+    assert calibration.dq_null == pytest.approx(expected, rel=1e-15)
+    assert calibration.values("dq") == calibration.dq_null
+    assert calibration.summary(0.01)["dq"]["empirical"] == min(expected)
+    no_query = dataclasses.replace(calibration, q_null=(), q_pairs=())
+    assert no_query.summary(0.01)["dq"] is None
+
+
 def test_calibration_is_deterministic(references: list[Path], calibration: Calibration) -> None:
     protocol = Protocol(name="test", task="denoise", size=24, iterations=20)
     again = calibrate_references(references, protocol)
@@ -323,6 +334,29 @@ def test_cli_calibrated_rule(cli_registry: Path, references: list[Path]) -> None
     assert record["calibrated"]["value"] == pytest.approx(record["distance"])
 
 
+def test_cli_combined_rule(cli_registry: Path, references: list[Path]) -> None:
+    records = []
+    for path in references[:2]:
+        result = runner.invoke(app, ["verify", str(path), "--against", "src", "--registry", str(cli_registry),
+                                     "--rule", "combined", "--json"])
+        assert result.exit_code == 0, result.output
+        records.append(json.loads(result.stdout))
+    same, other = records
+    for record in records:
+        assert record["rule"] == "combined"
+        assert record["combined"]["statistic"] == "dq"
+        assert record["combined"]["value"] == pytest.approx(record["distance"] * record["query"]["q"], rel=1e-12)
+        assert record["combined"]["null"]["n"] == 6
+    # The source against itself: d = q = 0, below any threshold. Another reference: its own pair is in the
+    # null sample, so its product cannot fall below the threshold, which is at most the smallest null value.
+    assert (same["combined"]["value"], same["verdict"]) == (0.0, "derived")
+    assert other["verdict"] == "independent"
+    text = runner.invoke(app, ["verify", str(references[1]), "--against", "src", "--registry", str(cli_registry),
+                               "--rule", "combined"])
+    assert text.exit_code == 0, text.output
+    assert "combined rule: d x q = " in text.stdout
+
+
 def test_cli_query_command(cli_registry: Path, references: list[Path]) -> None:
     command = f"{sys.executable} {DATA / 'query_model.py'} {references[0]} {{in}} {{out}}"
     result = runner.invoke(app, ["verify", "served-copy", "--against", "src", "--registry", str(cli_registry),
@@ -340,7 +374,8 @@ def test_cli_query_command(cli_registry: Path, references: list[Path]) -> None:
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--rule", "bayes"], "unknown rule 'bayes'"), (["--rule", "calibrated", "--fpr", "1.5"], "invalid --fpr")],
+    [(["--rule", "bayes"], "unknown rule 'bayes'"), (["--rule", "calibrated", "--fpr", "1.5"], "invalid --fpr"),
+     (["--rule", "combined", "--query-only"], "--rule combined needs the suspect's gradients")],
 )
 def test_cli_usage_errors(cli_registry: Path, references: list[Path], extra: list[str], message: str) -> None:
     result = runner.invoke(app, ["verify", str(references[1]), "--against", "src", "--registry", str(cli_registry),

@@ -53,7 +53,7 @@ from critprint.fingerprint import (
 )
 from critprint.models import ModelHandle, load_model
 from critprint.protocol import Protocol
-from critprint.query import ProbeSettings, model_query, probe_inputs, query_distance, run_queries
+from critprint.query import ProbeSettings, query_distances
 
 __all__ = [
     "Statistic",
@@ -77,8 +77,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Statistic = Literal["d", "q"]
-STATISTICS: tuple[str, ...] = ("d", "q")
+Statistic = Literal["d", "q", "dq"]
+STATISTICS: tuple[str, ...] = ("d", "q", "dq")
+"""``d``: histogram distance; ``q``: query-only distance; ``dq``: their product, the combined rule's statistic."""
 
 _FORMAT_NAME = "critprint-calibration"
 _FORMAT_VERSION = 1
@@ -267,10 +268,18 @@ class Calibration:
         """The key of the protocol and probe settings (see :func:`calibration_key`)."""
         return calibration_key(Protocol.from_dict(self.protocol), ProbeSettings.from_dict(self.probes))
 
+    @property
+    def dq_null(self) -> tuple[float, ...]:
+        """d x q for every ordered pair of references (source, suspect), in the order of ``q_pairs``."""
+        distances = {frozenset(pair): value for pair, value in zip(self.d_pairs, self.d_null)}
+        return tuple(distances[frozenset(pair)] * value for pair, value in zip(self.q_pairs, self.q_null))
+
     def values(self, statistic: str) -> tuple[float, ...]:
-        """Return the null sample of ``d`` or ``q``."""
+        """Return the null sample of ``d``, ``q`` or ``dq``."""
         check_choice("statistic", statistic, STATISTICS)
-        return self.d_null if statistic == "d" else self.q_null
+        if statistic == "d":
+            return self.d_null
+        return self.q_null if statistic == "q" else self.dq_null
 
     def decide(self, statistic: str, value: float, fpr: float) -> CalibratedDecision:
         """Decide one pair with this calibration's null sample of ``statistic``."""
@@ -288,6 +297,7 @@ class Calibration:
             "fpr": fpr,
             "d": d_limit.to_dict(),
             "q": null_threshold(self.q_null, fpr, "q").to_dict() if self.q_null else None,
+            "dq": null_threshold(self.dq_null, fpr, "dq").to_dict() if self.q_null else None,
             "paper_eta": threshold(self.feature_length, alpha, sigma_h),
             "paper_sigma_h": sigma_h,
             "sigma_h_of_calibrated_threshold": implied_sigma_h(d_limit.threshold, self.feature_length, alpha),
@@ -383,14 +393,10 @@ def calibration_from_fingerprints(
         for source in names:
             if progress is not None:
                 progress(f"query probes of {source}")
-            inputs = probe_inputs(records[source].critical_image, protocol, probes)
-            source_outputs = run_queries(model_query(handles[source], protocol), inputs, protocol.scale)
-            for suspect in names:
-                if suspect == source:
-                    continue
-                outputs = run_queries(model_query(handles[suspect], protocol), inputs, protocol.scale)
-                q_pairs.append((source, suspect))
-                q_null.append(query_distance(source_outputs, outputs))
+            values = query_distances(records[source].critical_image, protocol, handles[source],
+                                     ((suspect, handles[suspect]) for suspect in names if suspect != source), probes)
+            q_pairs += [(source, suspect) for suspect in values]
+            q_null += list(values.values())
     return Calibration(
         task=protocol.task,
         protocol=protocol.to_dict(),

@@ -28,7 +28,7 @@ import logging
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ __all__ = [
     "command_query",
     "run_queries",
     "query_distance",
+    "query_distances",
     "QUERY_STREAM",
     "DEFAULT_COMMAND_TIMEOUT",
 ]
@@ -277,3 +278,26 @@ def query_distance(source_outputs: torch.Tensor, suspect_outputs: torch.Tensor) 
         )
     difference = source_outputs.to(torch.float64) - suspect_outputs.to(torch.float64)
     return float(difference.pow(2).mean())
+
+
+def query_distances(
+    critical_image: torch.Tensor,
+    protocol: Protocol,
+    source: ModelHandle,
+    suspects: Iterable[tuple[str, ModelHandle]],
+    settings: ProbeSettings,
+) -> dict[str, float]:
+    """Return q between the source and each suspect, on probes made from the source's critical image.
+
+    Args:
+        critical_image: The source's critical image, (C, H, W) in [0, 1].
+        protocol: The source's protocol: it makes the probes and sets the noise-level map.
+        source: The source model.
+        suspects: (name, model) pairs, consumed one at a time, so a lazy
+            iterable loads each model only when it is compared.
+        settings: Number of probes and jitter.
+    """
+    probes = probe_inputs(critical_image, protocol, settings)
+    expected = run_queries(model_query(source, protocol), probes, protocol.scale)
+    return {name: query_distance(expected, run_queries(model_query(handle, protocol), probes, protocol.scale))
+            for name, handle in suspects}

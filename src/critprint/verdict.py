@@ -5,6 +5,12 @@ it shows the suspect the probes made from the source's critical image and
 compares its outputs with the source's outputs stored in the fingerprint.
 :func:`calibrated_verdict` re-reads a white-box :class:`Verification` with a
 measured null distribution instead of the assumed sigma_h.
+:func:`combined_verdict` decides on the product d x q of both statistics.
+The two fail on different pairs: d moves when fine-tuning shifts the
+critical image's histograms, while q stays small for a copy; q stays small
+for two models of one recipe trained on other photos, while d tells them
+apart. The protocol study measured the product on the evaluation zoo
+(docs/benchmarks.md, "Protocol study").
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from critprint.errors import InvalidInputError
 from critprint.fingerprint import Fingerprint
 from critprint.query import ProbeSettings, QueryFunction, probe_inputs, quantize_8bit, query_distance, run_queries
 
-__all__ = ["QueryVerification", "verify_query", "calibrated_verdict"]
+__all__ = ["QueryVerification", "verify_query", "calibrated_verdict", "combined_verdict"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +97,14 @@ def _stored_probes(source: Fingerprint, source_name: str) -> tuple[ProbeSettings
     return ProbeSettings.from_dict(source.probe_settings), source.probe_outputs
 
 
+def _require_query_null(calibration: Calibration) -> None:
+    if not calibration.q_null:
+        raise InvalidInputError(
+            "the calibration contains no query-only null sample; make it with critprint calibrate (reference models "
+            "loaded, not fingerprint files only)"
+        )
+
+
 def verify_query(
     suspect: QueryFunction,
     source: Fingerprint,
@@ -117,11 +131,7 @@ def verify_query(
     """
     start = time.perf_counter()
     settings, source_outputs = _stored_probes(source, source_name)
-    if not calibration.q_null:
-        raise InvalidInputError(
-            "the calibration contains no query-only null sample; make it with critprint calibrate (reference models "
-            "loaded, not fingerprint files only)"
-        )
+    _require_query_null(calibration)
     protocol = source.protocol
     inputs = probe_inputs(source.critical_image, protocol, settings)
     outputs = run_queries(suspect, inputs, protocol.scale)
@@ -155,3 +165,15 @@ def verify_query(
 def calibrated_verdict(verification: Verification, calibration: Calibration, fpr: float = 0.01) -> CalibratedDecision:
     """Decide a white-box verification with the calibration's null sample of d instead of the chi-squared eta."""
     return calibration.decide("d", verification.distance, fpr)
+
+
+def combined_verdict(
+    verification: Verification, query: QueryVerification, calibration: Calibration, fpr: float = 0.01
+) -> CalibratedDecision:
+    """Decide on d x q, the white-box distance times the query-only distance, with the calibration's null of it.
+
+    Raises:
+        InvalidInputError: If the calibration has no query-only null sample.
+    """
+    _require_query_null(calibration)
+    return calibration.decide("dq", verification.distance * query.q, fpr)

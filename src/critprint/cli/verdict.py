@@ -42,7 +42,7 @@ from critprint.models import ModelHandle, load_model
 from critprint.protocol import DEFAULT_PROTOCOL, PRESETS, TASKS, get_protocol
 from critprint.query import ProbeSettings, command_query, model_query
 from critprint.registry import Registry
-from critprint.verdict import QueryVerification, calibrated_verdict, verify_query
+from critprint.verdict import QueryVerification, calibrated_verdict, combined_verdict, verify_query
 
 __all__ = [
     "RuleOption",
@@ -60,7 +60,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RULES = ("paper", "calibrated")
+RULES = ("paper", "calibrated", "combined")
 
 RuleOption = Annotated[
     str,
@@ -69,7 +69,8 @@ RuleOption = Annotated[
         metavar="RULE",
         help=(
             "paper: the chi-squared threshold with the assumed sigma_h; calibrated: the threshold at --fpr "
-            "of the d measured between independent models (critprint calibrate)."
+            "of the d measured between independent models (critprint calibrate); combined: the threshold at "
+            "--fpr of d x q, d times the query-only q, measured the same way."
         ),
     ),
 ]
@@ -160,6 +161,9 @@ def verify_beyond_paper(
     if not 0.0 < fpr < 1.0:
         usage_error(f"invalid --fpr {fpr!r}; expected a value in (0, 1), such as 0.01")
     query = query_only or query_command is not None
+    if query and rule == "combined":
+        usage_error("--rule combined needs the suspect's gradients; drop --query-only and --query-command")
+    queried: QueryVerification | None = None
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         source_name, source = _load_source(against, fingerprint, registry)
         chosen = _calibration(source, registry, calibration)
@@ -173,8 +177,13 @@ def verify_beyond_paper(
                 label, sha = handle.source, handle.sha256
             result = verify_query(function, source, chosen, fpr, source_name, label, sha)
         else:
-            white = api.verify(load(suspect), source, source_name, progress.callback(f"verify {suspect}"), allow_custom)
+            handle = load(suspect)
+            white = api.verify(handle, source, source_name, progress.callback(f"verify {suspect}"), allow_custom)
             decision = calibrated_verdict(white, chosen, fpr)
+            if rule == "combined":
+                queried = verify_query(model_query(handle, source.protocol), source, chosen, fpr, source_name,
+                                       handle.source, handle.sha256)
+                decision = combined_verdict(white, queried, chosen, fpr)
     if query:
         if json_output:
             print_json(result.to_dict())
@@ -182,13 +191,16 @@ def verify_beyond_paper(
         stdout.print(_query_table(result))
         return
     if json_output:
-        print_json(white.to_dict() | {"rule": "calibrated", "calibrated": decision.to_dict(),
+        extra = {"query": queried.to_dict()} if queried is not None else {}
+        print_json(white.to_dict() | {"rule": rule, rule: decision.to_dict(), **extra,
                                       "verdict": decision.verdict, "paper_verdict": white.verdict})
         return
     stdout.print(verification_table([white], title="paper rule"))
     colour = "red" if decision.verdict == "derived" else "green"
+    value = f"d = {decision.value:.3e}" if queried is None else (
+        f"d x q = {white.distance:.3e} x {queried.q:.3e} = {decision.value:.3e}")
     stdout.print(
-        f"calibrated rule: d = {decision.value:.3e}, threshold {decision.threshold:.3e} at FPR {fpr:g} "
+        f"{rule} rule: {value}, threshold {decision.threshold:.3e} at FPR {fpr:g} "
         f"({decision.null.n} independent pairs; empirical {decision.null.empirical:.3e}, log-normal fit "
         f"{decision.null.fitted if decision.null.fitted is None else format(decision.null.fitted, '.3e')}), "
         f"p = {decision.p_empirical:.3g}: [{colour}]{decision.verdict}[/{colour}]"
@@ -264,6 +276,9 @@ def calibrate(
     if q is not None:
         stdout.print(f"q: {q['n']} independent pairs, threshold at FPR {fpr:g}: {q['threshold']:.3e} (empirical "
                      f"{q['empirical']:.3e}, log-normal fit {q['fitted']:.3e})", markup=False)
+        dq = summary["dq"]
+        stdout.print(f"d x q: threshold at FPR {fpr:g}: {dq['threshold']:.3e} (empirical {dq['empirical']:.3e})",
+                     markup=False)
 
 
 def report(
@@ -313,13 +328,16 @@ def report(
                             verification=white, calibrated=decision, calibration=chosen, query=query,
                             created_at=now_utc(), versions=software_versions())
         atomic_write_bytes(out, render_report(evidence).encode("utf-8"))
+    combined = combined_verdict(white, query, chosen, fpr) if query is not None and chosen is not None else None
     verdicts: dict[str, Any] = {"paper": white.verdict, "calibrated": decision.verdict if decision else None,
-                                "query_only": query.verdict if query else None, "report": str(out)}
+                                "query_only": query.verdict if query else None,
+                                "combined": combined.verdict if combined else None, "report": str(out)}
     if json_output:
         print_json(verdicts | {"verification": white.to_dict()})
         return
     stdout.print(f"paper rule: {white.verdict}; calibrated rule: {verdicts['calibrated'] or 'n/a'}; query-only: "
-                 f"{verdicts['query_only'] or 'n/a'}; report written to {out}", markup=False)
+                 f"{verdicts['query_only'] or 'n/a'}; combined rule: {verdicts['combined'] or 'n/a'}; report written "
+                 f"to {out}", markup=False)
 
 
 def register_commands(app: typer.Typer) -> None:

@@ -7,14 +7,17 @@ of the area under the curve.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from critprint.errors import InvalidInputError
 
-__all__ = ["RocSummary", "roc_curve", "roc_auc", "tpr_at_fpr", "summarise_roc"]
+__all__ = ["RocSummary", "roc_curve", "roc_auc", "tpr_at_fpr", "summarise_roc", "held_out_null", "MIN_HELD_OUT_NULL"]
+
+MIN_HELD_OUT_NULL = 3
+"""Minimum number of null values :func:`held_out_null` keeps before it leaves out only the pair itself."""
 
 
 @dataclass(frozen=True)
@@ -82,3 +85,17 @@ def summarise_roc(positives: Sequence[float], negatives: Sequence[float], fpr: f
         positives=len(positives),
         negatives=len(negatives),
     )
+
+
+def held_out_null(values: Mapping[tuple[str, str], float], source: str, suspect: str) -> list[float]:
+    """Return the null values of reference pairs that share no model with (source, suspect).
+
+    An attacked copy is named ``SOURCE+ATTACK``, so its source counts as one
+    of its models. When that leaves fewer than :data:`MIN_HELD_OUT_NULL`
+    values (a task with three references), only the pair itself is left out.
+    """
+    models = {source, suspect.split("+")[0]}
+    kept = [value for pair, value in values.items() if not models & set(pair)]
+    if len(kept) >= MIN_HELD_OUT_NULL:
+        return kept
+    return [value for pair, value in values.items() if set(pair) != models]

@@ -20,13 +20,25 @@ A setting is written as ``key=value`` pairs joined by commas, for example
 - ``seeds``: K initialisations whose features are averaged;
 - ``extra_noise``: further noise strengths, ``+``-separated, whose features
   are appended to the vector (several degradation strengths in one
-  fingerprint).
+  fingerprint);
+- ``statistic``: ``d`` (the default) scores a pair by the histogram distance
+  d / eta; ``query`` scores it by q, how far the suspect's outputs on
+  probes made from the source's critical image lie from the source's (see
+  :mod:`critprint.query`), over the threshold at the study's false-positive
+  rate that the other references' pairs give (held out, as the benchmark's
+  ``query`` method does); ``combined`` scores it by the product d x q,
+  against the held-out threshold of that product. These settings are rules
+  for verifying, not protocols: they are reported beside the others and
+  never chosen as a protocol;
+- ``probe_count`` and ``probe_jitter``: the probes of a query or combined setting
+  (:class:`critprint.query.ProbeSettings`; 4 and 0.05 by default).
 
 The empty setting ``base`` is the base protocol itself.
 
 Each extraction is cached under ``DIR/TASK/study/PROTOCOL-HASH/MODEL.safetensors``
 and reused by every setting that needs it (a feature setting costs no
-extraction), so a study can be stopped and started again.
+extraction), so a study can be stopped and started again. The q values of a
+query setting are cached beside them, in ``query-PROBES-HASH.json``.
 """
 
 from __future__ import annotations
@@ -46,9 +58,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from critprint.calibration import calibrated_decision
 from critprint.decision import feature_distance, threshold
 from critprint.errors import InvalidInputError
-from critprint.evaluation.metrics import summarise_roc
+from critprint.evaluation.metrics import held_out_null, summarise_roc
 from critprint.evaluation.plan import BenchPlan, TaskPlan, get_plan
 from critprint.evaluation.report import run_metadata
 from critprint.evaluation.runner import BenchProgress, attacked_models, attacked_name, cached_fingerprint
@@ -56,6 +69,7 @@ from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint, atomic_write_bytes
 from critprint.models import ModelHandle, load_model
 from critprint.protocol import FeatureSettings, Protocol, get_protocol
+from critprint.query import ProbeSettings, query_distances
 
 __all__ = [
     "StudySetting",
@@ -75,7 +89,9 @@ MAX_PSNR_DROP_DB: Final[float] = 1.0
 """Largest PSNR loss (dB) of an attacked copy that still counts as a positive; the attacks' own budget."""
 
 _FEATURE_KEYS: Final[tuple[str, ...]] = ("colour_bins", "lgp_points", "lgp_radius")
-_STUDY_KEYS: Final[tuple[str, ...]] = ("seeds", "extra_noise")
+_STUDY_KEYS: Final[tuple[str, ...]] = ("seeds", "extra_noise", "statistic", "probe_count", "probe_jitter")
+_STATISTICS: Final[tuple[str, ...]] = ("d", "query", "combined")
+_CALIBRATED_STATISTIC: Final[dict[str, str]] = {"query": "q", "combined": "dq"}
 _FIXED_KEYS: Final[tuple[str, ...]] = ("name", "task", "scale", "seed", "features", "custom_degradation")
 _RATIO_FLOOR: Final[float] = 1e-12
 
@@ -132,14 +148,29 @@ _OTHER_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
         f"{_SR_FIRST_ROUND},schedule=cosine", _DERAIN_SECOND_ROUND, f"{_SR_FIRST_ROUND},rain_density=0.02",
         *_lambda_and_k(_DERAIN_SECOND_ROUND),
     ),
-    "jpeg": ("colour_bins=2,schedule=cosine", "colour_bins=2,noise_sigma=0.1", *_lambda_and_k("colour_bins=2")),
+    "jpeg": (
+        "colour_bins=2,schedule=cosine", "colour_bins=2,noise_sigma=0.1", *_lambda_and_k("colour_bins=2"),
+        "colour_bins=2,noise_sigma=0.3", "colour_bins=2,jpeg_quality=30", "colour_bins=2,jpeg_quality=50",
+        "colour_bins=2,size=96",
+    ),
 }
+
+_RULE_BASES: Final[dict[str, str]] = {
+    "denoise": _DENOISE_FIRST_ROUND,
+    "sr": f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15",
+    "deblur": _DENOISE_FIRST_ROUND,
+    "lowlight": "colour_bins=2,tv_weight=0",
+    "derain": _DERAIN_SECOND_ROUND,
+    "jpeg": "colour_bins=2",
+}
+"""The ``tuned`` setting of each task, on whose critical images the query and combined rules are scored."""
 
 
 def _grid(task: str) -> tuple[str, ...]:
     combined = [",".join(part for part in (noise, feature) if part) or "base"
                 for noise in _NOISE_VARIANTS[task] for feature in _FEATURE_VARIANTS]
-    return (*combined, *_OTHER_VARIANTS.get(task, ()))
+    rules = tuple(f"{_RULE_BASES[task]},statistic={name}" for name in ("query", "combined"))
+    return (*combined, *_OTHER_VARIANTS.get(task, ()), *rules)
 
 
 DEFAULT_GRIDS: Final[dict[str, tuple[str, ...]]] = {task: _grid(task) for task in _NOISE_VARIANTS}
@@ -153,7 +184,9 @@ for x4 SR also K = 2, lambda and some of them paired with noise 0.3, plus a
 larger image with noise 0.3. Last, a second round on top of each task's
 best first-round setting: a cosine learning-rate schedule (from 0.1 or
 0.15), and a stronger blur, denser rain or noise on the JPEG input. For the
-four newer tasks also lambda 0 and 1e-2 and K = 2 on the chosen setting.
+four newer tasks also lambda 0 and 1e-2 and K = 2 on the chosen setting,
+and for JPEG a stronger noise, milder compression and a larger image. Then
+the query-only and combined rules on the critical images of ``tuned``.
 """
 
 
@@ -169,6 +202,9 @@ class StudySetting:
         lgp_radius: LGP radius R, or None for the protocol's.
         seeds: Initialisations whose features are averaged (K).
         extra_noise: Further noise strengths whose (seed-averaged) features are appended.
+        statistic: ``"d"`` for the histogram distance, ``"query"`` for q,
+            ``"combined"`` for d x q.
+        probes: The probes of the query and combined statistics.
     """
 
     name: str
@@ -178,6 +214,8 @@ class StudySetting:
     lgp_radius: float | None = None
     seeds: int = 1
     extra_noise: tuple[float, ...] = ()
+    statistic: str = "d"
+    probes: ProbeSettings = field(default_factory=ProbeSettings)
 
     def extraction_protocols(self, base: Protocol) -> list[list[Protocol]]:
         """Return the protocols to extract: one list of K seeds per noise strength, the base strength first."""
@@ -202,8 +240,8 @@ class StudySetting:
 
     @property
     def expressible(self) -> bool:
-        """True when one :class:`Protocol` records the setting, so it can become a preset."""
-        return self.seeds == 1 and not self.extra_noise
+        """True when one :class:`Protocol` records the setting and d decides, so it can become a preset."""
+        return self.seeds == 1 and not self.extra_noise and self.statistic == "d"
 
     def cost(self, base: Protocol) -> float:
         """Return the extraction cost relative to the base: iterations x pixels x seeds x strengths."""
@@ -257,12 +295,13 @@ def parse_setting(text: str) -> StudySetting:
     kinds = _protocol_kinds()
     changes: dict[str, Any] = {}
     extra: dict[str, Any] = {}
+    probe: dict[str, Any] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not value:
             raise InvalidInputError(f"invalid setting {part!r} in {text!r}: expected key=value, as in noise_sigma=0.3")
-        if key in changes or key in extra:
+        if key in changes or key in extra or (key.startswith("probe_") and key.removeprefix("probe_") in probe):
             raise InvalidInputError(f"invalid setting {text!r}: key {key!r} appears twice; give it once")
         if key in ("colour_bins", "lgp_points", "seeds"):
             extra[key] = _convert(key, value, int)
@@ -270,6 +309,12 @@ def parse_setting(text: str) -> StudySetting:
             extra[key] = _convert(key, value, float)
         elif key == "extra_noise":
             extra[key] = tuple(_convert(key, item, float) for item in value.split("+"))
+        elif key in ("probe_count", "probe_jitter"):
+            probe[key.removeprefix("probe_")] = _convert(key, value, int if key == "probe_count" else float)
+        elif key == "statistic":
+            if value not in _STATISTICS:
+                raise InvalidInputError(f"invalid setting statistic={value} in {text!r}: expected d, query or combined")
+            extra[key] = value
         elif key in kinds:
             changes[key] = _convert(key, value, kinds[key])
         else:
@@ -279,7 +324,18 @@ def parse_setting(text: str) -> StudySetting:
         raise InvalidInputError(f"invalid setting seeds={extra['seeds']} in {text!r}: expected an integer >= 1")
     if any(not (math.isfinite(sigma) and sigma >= 0) for sigma in extra.get("extra_noise", ())):
         raise InvalidInputError(f"invalid setting extra_noise in {text!r}: expected numbers >= 0 joined by +")
-    return StudySetting(name=text, changes=tuple(changes.items()), **extra)
+    queried = extra.get("statistic", "d") != "d"
+    if queried and (extra.get("seeds", 1) > 1 or "extra_noise" in extra):
+        raise InvalidInputError(f"invalid setting {text!r}: statistic={extra['statistic']} uses one critical image; "
+                                "drop seeds and extra_noise")
+    if probe and not queried:
+        raise InvalidInputError(f"invalid setting {text!r}: probe_count and probe_jitter need statistic=query "
+                                "or statistic=combined")
+    try:
+        probes = ProbeSettings(**probe)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"invalid setting {text!r}: {error}") from None
+    return StudySetting(name=text, changes=tuple(changes.items()), probes=probes, **extra)
 
 
 @dataclass(frozen=True)
@@ -288,19 +344,20 @@ class SettingScore:
 
     Attributes:
         setting: The setting as written.
-        auc: Area under the ROC curve, score -log10(d / eta).
+        auc: Area under the ROC curve, score -log10(d / eta) (or of q, or of d x q).
         tpr: True-positive rate at the study's false-positive rate.
-        derived_positives: Positives with d / eta below 1, the rule d < eta.
-        false_positives: Negatives with d / eta below 1.
+        derived_positives: Positives with a ratio below 1: d < eta, or q (d x q)
+            below its held-out threshold.
+        false_positives: Negatives with a ratio below 1.
         positives: Number of positive pairs.
         negatives: Number of negative pairs.
-        min_negative: Smallest d / eta over the negatives, and its (source, suspect).
-        max_positive: Largest d / eta over the positives, and its (source, suspect).
-        missed: Positives judged independent, as (source, suspect, d / eta).
-        confused: Negatives judged derived, as (source, suspect, d / eta).
+        min_negative: Smallest ratio over the negatives, and its (source, suspect).
+        max_positive: Largest ratio over the positives, and its (source, suspect).
+        missed: Positives judged independent, as (source, suspect, ratio).
+        confused: Negatives judged derived, as (source, suspect, ratio).
         cost: Extraction cost relative to the base (iterations x pixels x K x strengths).
         seconds: Mean extraction seconds per model, as recorded in the fingerprints.
-        length: Feature length L.
+        length: Feature length L (0 for ``statistic=query``).
         expressible: Whether one protocol records the setting.
     """
 
@@ -397,6 +454,43 @@ def _extract_all(
     return records
 
 
+def _query_values(
+    models: _TaskModels,
+    setting: StudySetting,
+    records: Mapping[tuple[str, str], Fingerprint],
+    progress: Callable[[str], None],
+) -> dict[tuple[str, str], float]:
+    """Return q for every positive and negative pair of a query or combined setting, read from the cache where there."""
+    key = protocol_key(setting.extraction_protocols(models.base)[0][0])
+    probes = setting.probes
+    probe_key = hashlib.sha256(json.dumps(probes.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    path = models.folder / "study" / key / f"query-{probe_key}.json"
+    values: dict[tuple[str, str], float] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if data["probes"] == probes.to_dict():
+                values = {(source, suspect): float(value) for source, suspect, value in data["values"]}
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring unreadable query cache %s; computing q again", path)
+    wanted: dict[str, list[str]] = {}
+    for source, suspect in (*models.positives, *models.negatives()):
+        wanted.setdefault(source, [])
+        if (source, suspect) not in values:
+            wanted[source].append(suspect)
+    for source, suspects in wanted.items():
+        progress(f"{models.task.task}: query probes of {source}, protocol {key[:8]}")
+        if not suspects:
+            continue
+        record = records[(source, key)]
+        found = query_distances(record.critical_image, record.protocol, models.handle(source),
+                                ((name, models.handle(name)) for name in suspects), probes)
+        values.update({(source, name): value for name, value in found.items()})
+        data = {"probes": probes.to_dict(), "values": [[a, b, value] for (a, b), value in values.items()]}
+        atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+    return values
+
+
 def score_setting(
     setting: StudySetting,
     base: Protocol,
@@ -404,6 +498,7 @@ def score_setting(
     positives: Sequence[tuple[str, str]],
     negatives: Sequence[tuple[str, str]],
     fpr: float = 0.01,
+    queries: Mapping[tuple[str, str], float] | None = None,
 ) -> SettingScore:
     """Score one setting from fingerprints already extracted.
 
@@ -414,22 +509,46 @@ def score_setting(
         positives: (source, attacked copy) pairs.
         negatives: (model, other model) pairs.
         fpr: False-positive rate at which the true-positive rate is read.
+        queries: q by (source, suspect) for every pair; needed by the query and combined statistics.
+
+    Raises:
+        InvalidInputError: If a query setting comes without q for one of its pairs.
     """
     protocols = setting.extraction_protocols(base)
-    settings = setting.feature_settings(base)
-    names = {name for pair in (*positives, *negatives) for name in pair}
-    vectors = {name: _setting_features(setting, [[records[(name, protocol_key(p))] for p in strength]
-                                                for strength in protocols], settings) for name in names}
-    length = int(next(iter(vectors.values())).numel())
-    eta = threshold(length, base.alpha, base.sigma_h)
+    pairs = (*positives, *negatives)
+    names = {name for pair in pairs for name in pair}
+    length = 0
+    values: dict[tuple[str, str], float] = {}
+    if setting.statistic != "query":
+        settings = setting.feature_settings(base)
+        vectors = {name: _setting_features(setting, [[records[(name, protocol_key(p))] for p in strength]
+                                                    for strength in protocols], settings) for name in names}
+        length = int(next(iter(vectors.values())).numel())
+        values = {pair: feature_distance(vectors[pair[0]], vectors[pair[1]]) for pair in pairs}
+    if setting.statistic == "d":
+        eta = threshold(length, base.alpha, base.sigma_h)
+        values = {pair: value / eta for pair, value in values.items()}
+        ratios = values
+    else:
+        missing = [pair for pair in pairs if queries is None or pair not in queries]
+        if missing:
+            raise InvalidInputError(f"setting {setting.name!r} needs q for {len(missing)} pairs, such as "
+                                    f"{missing[0]}; run_protocol_study computes them")
+        assert queries is not None
+        values = {pair: queries[pair] * values.get(pair, 1.0) for pair in pairs}
+        null = {pair: values[pair] for pair in negatives}
+        statistic = _CALIBRATED_STATISTIC[setting.statistic]
+        ratios = {pair: calibrated_decision(held_out_null(null, *pair), values[pair], fpr, statistic).ratio
+                  for pair in pairs}
 
     def ratio(pair: tuple[str, str]) -> float:
-        return feature_distance(vectors[pair[0]], vectors[pair[1]]) / eta
+        return ratios[pair]
 
     positive_ratios = [(ratio(pair), *pair) for pair in positives]
     negative_ratios = [(ratio(pair), *pair) for pair in negatives]
-    roc = summarise_roc([-math.log10(max(value, _RATIO_FLOOR)) for value, _, _ in positive_ratios],
-                        [-math.log10(max(value, _RATIO_FLOOR)) for value, _, _ in negative_ratios], fpr)
+    # The ROC ranks pairs by the statistic itself (d / eta, q or d x q); no threshold enters it.
+    roc = summarise_roc([-math.log10(max(values[pair], _RATIO_FLOOR)) for pair in positives],
+                        [-math.log10(max(values[pair], _RATIO_FLOOR)) for pair in negatives], fpr)
     seconds = [records[(name, protocol_key(p))].seconds for name in names for strength in protocols for p in strength]
     return SettingScore(
         setting=setting.name,
@@ -531,6 +650,8 @@ def run_protocol_study(
         base = get_protocol(plan.protocol, task, scale=plans[task].scale)  # type: ignore[arg-type]
         for setting in grid:
             setting.protocol(base)  # checks every value before any work
+        if not any(setting.expressible for setting in grid):
+            raise InvalidInputError(f"no setting for task {task!r} that a protocol can record; add one such as 'base'")
     start = time.perf_counter()
     results: dict[str, Any] = {}
     for task in tasks:
@@ -538,7 +659,8 @@ def run_protocol_study(
         counter = {"done": 0}
         unique = {protocol_key(p) for s in grids[task] for strength in s.extraction_protocols(models.base)
                   for p in strength}
-        total = len(unique) * len(models.models)
+        total = len(unique) * len(models.models) + sum(
+            len(models.task.references) for setting in grids[task] if setting.statistic != "d")
 
         def step(label: str) -> None:
             if progress is not None:
@@ -546,7 +668,8 @@ def run_protocol_study(
             counter["done"] += 1
 
         records = _extract_all(models, grids[task], step)
-        scores = [score_setting(setting, models.base, records, models.positives, models.negatives(), plan.fpr)
+        scores = [score_setting(setting, models.base, records, models.positives, models.negatives(), plan.fpr,
+                                None if setting.statistic == "d" else _query_values(models, setting, records, step))
                   for setting in grids[task]]
         chosen = choose_setting(scores)
         atomic_write_bytes(folder / task / "protocol-study.png", study_chart(scores))
@@ -604,7 +727,9 @@ def render_study_markdown(summary: dict[str, Any]) -> str:
     lines = ["# Protocol study", "",
              f"Plan `{summary['plan']}`, TPR read at {summary['fpr']:.0%} FPR; positives are attacked copies "
              f"within {summary['max_psnr_drop_db']} dB of their source's PSNR. Machine: {summary['machine']}. "
-             f"Run: {summary['created_at']}, {summary['seconds']:.0f} s.", ""]
+             f"Run: {summary['created_at']}, {summary['seconds']:.0f} s. In rows with `statistic=query` "
+             "(`statistic=combined`) the ratio columns hold q (d x q) over its held-out threshold instead of "
+             "d/eta.", ""]
     for task, result in summary["tasks"].items():
         lines += [f"## {task}", "",
                   f"{result['positives']} positives, chosen: `{result['chosen']}`."]

@@ -40,11 +40,12 @@ from critprint.baselines.watermark import (
 from critprint.calibration import Calibration, calibration_from_fingerprints, calibrated_decision, save_calibration
 from critprint.decision import decide, feature_distance
 from critprint.errors import CritprintError, FingerprintFormatError
+from critprint.evaluation.metrics import held_out_null
 from critprint.evaluation.plan import DERIVED_METHODS, BenchPlan, TaskPlan
 from critprint.fingerprint import Fingerprint, atomic_write_bytes, load_fingerprint, save_fingerprint
 from critprint.models import ModelHandle, file_sha256, load_model, read_state_dict, save_state_dict
 from critprint.protocol import Protocol, get_protocol
-from critprint.query import ProbeSettings, model_query, probe_inputs, query_distance, run_queries
+from critprint.query import ProbeSettings, query_distances
 
 __all__ = [
     "PairScore", "TaskRun", "BenchProgress", "run_task", "method_protocol", "cached_fingerprint", "IPGUARD_HEADS",
@@ -60,9 +61,6 @@ IPGUARD_HEADS = {"projcl": "projection", "poolcl": "pool"}
 """IPGuard baselines and the classifier head each puts on the restoration model."""
 
 _RATIO_FLOOR = 1e-12
-
-_MIN_HELD_OUT_NULL = 3
-"""Fewest null values a held-out calibration keeps before it falls back to leaving out the pair only."""
 
 
 @dataclass(frozen=True)
@@ -225,18 +223,6 @@ class _TaskRunner:
 
     # Calibrated rule and query-only ------------------------------------------
 
-    def held_out_null(self, values: dict[tuple[str, str], float], source: str, suspect: str) -> list[float]:
-        """Return the null values of pairs that share no model with (source, suspect).
-
-        When that leaves fewer than :data:`_MIN_HELD_OUT_NULL` values (a task
-        with three references), only the pair itself is left out.
-        """
-        models = {source, suspect.split("+")[0]}
-        kept = [value for pair, value in values.items() if not models & set(pair)]
-        if len(kept) >= _MIN_HELD_OUT_NULL:
-            return kept
-        return [value for pair, value in values.items() if set(pair) != models]
-
     def score_calibrated(self) -> None:
         records = self.critical
         references = [name for name in self.task.references if name in records]
@@ -245,7 +231,7 @@ class _TaskRunner:
 
         def add(source: str, suspect: str, kind: str, attack: str | None) -> None:
             distance = feature_distance(records[source].features, records[suspect].features)
-            decision = calibrated_decision(self.held_out_null(null, source, suspect), distance, self.plan.fpr, "d")
+            decision = calibrated_decision(held_out_null(null, source, suspect), distance, self.plan.fpr, "d")
             self.result.pairs.append(PairScore(
                 method="calibrated", source=source, suspect=suspect, kind=kind, attack=attack,
                 hard=self.is_hard(source, suspect), value=distance, ratio=decision.ratio,
@@ -266,19 +252,15 @@ class _TaskRunner:
     def score_query(self) -> None:
         records = self.critical
         probes = ProbeSettings()
-        protocol = self.base_protocol
         distances: dict[tuple[str, str], float] = {}
         source_names = [name for name in self.task.references if name in records]
         for source in source_names:
-            inputs = probe_inputs(records[source].critical_image, records[source].protocol, probes)
-            expected = run_queries(model_query(self.handle(source), protocol), inputs, protocol.scale)
             suspects = [name for name in self.task.references if name != source]
             if source in self.task.sources:
                 suspects += [attacked_name(source, attack) for attack in self.plan.attacks_for(self.task)]
-            for suspect in suspects:
-                if suspect in self.paths:
-                    outputs = run_queries(model_query(self.handle(suspect), protocol), inputs, protocol.scale)
-                    distances[(source, suspect)] = query_distance(expected, outputs)
+            values = query_distances(records[source].critical_image, records[source].protocol, self.handle(source),
+                                     ((name, self.handle(name)) for name in suspects if name in self.paths), probes)
+            distances.update({(source, name): value for name, value in values.items()})
         null = {pair: value for pair, value in distances.items() if "+" not in pair[1]}
         if self.calibration is not None:
             self.calibration = replace(self.calibration, q_null=tuple(null.values()), q_pairs=tuple(null),
@@ -287,7 +269,7 @@ class _TaskRunner:
 
         def add(source: str, suspect: str, kind: str, attack: str | None) -> None:
             value = distances[(source, suspect)]
-            decision = calibrated_decision(self.held_out_null(null, source, suspect), value, self.plan.fpr, "q")
+            decision = calibrated_decision(held_out_null(null, source, suspect), value, self.plan.fpr, "q")
             self.result.pairs.append(PairScore(
                 method="query", source=source, suspect=suspect, kind=kind, attack=attack,
                 hard=self.is_hard(source, suspect), value=value, ratio=decision.ratio,
