@@ -162,7 +162,9 @@ def test_report_command_writes_html(setup: dict, tmp_path: Path) -> None:
     assert verdicts["calibrated"] == "derived"
     assert verdicts["query_only"] == "derived"
     assert verdicts["combined"] == "derived"
-    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    html = out.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>")
+    assert "combined rule (d x q, FPR 0.01" in html
 
 
 def test_report_without_calibration_warns(setup: dict, tmp_path: Path) -> None:

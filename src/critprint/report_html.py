@@ -46,6 +46,7 @@ class Evidence:
         calibrated: The calibrated rule's decision, or None without a calibration.
         calibration: The calibration used, or None.
         query: The query-only verification, or None.
+        combined: The combined rule's decision on d x q, or None without a query.
         created_at: ISO 8601 UTC time of the report.
         versions: Versions of the software that made the report.
     """
@@ -60,6 +61,7 @@ class Evidence:
     query: QueryVerification | None
     created_at: str
     versions: dict[str, str]
+    combined: CalibratedDecision | None = None
 
 
 def fingerprint_sha256(fingerprint: Fingerprint) -> str:
@@ -193,6 +195,11 @@ def render_report(evidence: Evidence) -> str:
         decisions.append((f"query-only (outputs only, {q.probes} probes, {q.null_size} independent pairs)",
                           f"q = {_num(q.q)}, threshold = {_num(q.threshold)}, p = {_num(q.p_empirical)} (empirical): "
                           f"{_verdict_span(q.verdict)}"))
+    if evidence.combined is not None:
+        c = evidence.combined
+        decisions.append((f"combined rule (d x q, FPR {_num(c.null.fpr)}, {c.null.n} independent pairs)",
+                          f"d x q = {_num(c.value)}, threshold = {_num(c.threshold)}, p = {_num(c.p_empirical)} "
+                          f"(empirical): {_verdict_span(c.verdict)}"))
     sections.append("<h2>Verdicts</h2>" + _table(decisions))
 
     sections.append(

@@ -324,11 +324,11 @@ def report(
         if chosen is not None and chosen.q_null and source.probe_outputs is not None:
             query = verify_query(model_query(handle, source.protocol), source, chosen, fpr, source_name,
                                  handle.source, handle.sha256)
+        combined = combined_verdict(white, query, chosen, fpr) if query is not None and chosen is not None else None
         evidence = Evidence(source_name=source_name, source=source, suspect_image=image, suspect_features=features,
                             verification=white, calibrated=decision, calibration=chosen, query=query,
-                            created_at=now_utc(), versions=software_versions())
+                            created_at=now_utc(), versions=software_versions(), combined=combined)
         atomic_write_bytes(out, render_report(evidence).encode("utf-8"))
-    combined = combined_verdict(white, query, chosen, fpr) if query is not None and chosen is not None else None
     verdicts: dict[str, Any] = {"paper": white.verdict, "calibrated": decision.verdict if decision else None,
                                 "query_only": query.verdict if query else None,
                                 "combined": combined.verdict if combined else None, "report": str(out)}
