@@ -21,6 +21,7 @@ from critprint.evaluation.protocol_study import (
     DEFAULT_GRIDS,
     SettingScore,
     choose_setting,
+    leave_one_source_out,
     parse_setting,
     protocol_key,
     run_protocol_study,
@@ -174,9 +175,7 @@ def test_study_scores_match_decide_and_reuse_extractions(tmp_path: Path, monkeyp
                                                                                result["scores"]]
 
 
-def test_query_and_combined_statistics_score_against_held_out_thresholds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_query_and_combined_rules_held_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = ["base", "statistic=query", "statistic=combined"]
     summary = run_protocol_study(["denoise"], tmp_path, {"denoise": settings}, _plan())
     result = summary["tasks"]["denoise"]
@@ -235,6 +234,34 @@ def test_query_and_combined_statistics_score_against_held_out_thresholds(
     assert again["tasks"]["denoise"]["scores"][1:] == [query, combined]
     with pytest.raises(InvalidInputError, match="no setting for task 'denoise' that a protocol can record"):
         run_protocol_study(["denoise"], tmp_path, {"denoise": ["statistic=query"]}, _plan())
+
+
+def test_leave_one_source_out_judges_each_source_unseen(tmp_path: Path) -> None:
+    settings = ["base", "colour_bins=8", "statistic=query"]
+    result = leave_one_source_out("denoise", tmp_path, settings, _plan())
+    assert result["in_sample_setting"] in settings[:2]
+    folds = {fold["source"]: fold for fold in result["folds"]}
+    assert list(folds) == ["dncnn", "compact-dn"]
+    base = get_protocol("quick", "denoise", iterations=4)
+    folder = tmp_path / "denoise" / "study" / protocol_key(base)
+    for source, fold in folds.items():
+        assert fold["chosen"] in settings[:2]  # the query rule never takes part
+        assert (fold["positives"], fold["negatives"]) == (2, 4)
+        bins = 8 if fold["chosen"] == "colour_bins=8" else 4
+        features = FeatureSettings(colour_bins=bins)
+
+        def ratio(a: str, b: str) -> float:
+            vectors = [feature_vector(load_fingerprint(folder / f"{name}.safetensors").critical_image, features)
+                       for name in (a, b)]
+            return feature_distance(*vectors) / threshold(int(vectors[0].numel()))
+
+        copies = [ratio(source, f"{source}+{attack}") for attack in ("prune", "quantize")]
+        assert fold["derived_positives"] == sum(value < 1 for value in copies)
+    for pooled in (result["held_out"], result["in_sample"]):
+        assert (pooled["positives"], pooled["negatives"]) == (4, 8)
+        assert 0.0 <= pooled["tpr"] <= 1.0
+    with pytest.raises(InvalidInputError, match="no setting for task 'denoise' that a protocol can record"):
+        leave_one_source_out("denoise", tmp_path, ["statistic=query"], _plan())
 
 
 def _plan_paths(folder: Path) -> dict[str, Path]:

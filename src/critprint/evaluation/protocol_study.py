@@ -50,7 +50,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -78,8 +78,11 @@ __all__ = [
     "MAX_PSNR_DROP_DB",
     "parse_setting",
     "score_setting",
+    "setting_distances",
     "choose_setting",
     "run_protocol_study",
+    "HoldoutFold",
+    "leave_one_source_out",
     "render_study_markdown",
 ]
 
@@ -473,12 +476,12 @@ def _query_values(
                 values = {(source, suspect): float(value) for source, suspect, value in data["values"]}
         except (ValueError, KeyError, TypeError):
             logger.warning("ignoring unreadable query cache %s; computing q again", path)
-    wanted: dict[str, list[str]] = {}
+    pending: dict[str, list[str]] = {}
     for source, suspect in (*models.positives, *models.negatives()):
-        wanted.setdefault(source, [])
+        pending.setdefault(source, [])
         if (source, suspect) not in values:
-            wanted[source].append(suspect)
-    for source, suspects in wanted.items():
+            pending[source].append(suspect)
+    for source, suspects in pending.items():
         progress(f"{models.task.task}: query probes of {source}, protocol {key[:8]}")
         if not suspects:
             continue
@@ -489,6 +492,29 @@ def _query_values(
         data = {"probes": probes.to_dict(), "values": [[a, b, value] for (a, b), value in values.items()]}
         atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
     return values
+
+
+def setting_distances(
+    setting: StudySetting,
+    base: Protocol,
+    records: Mapping[tuple[str, str], Fingerprint],
+    pairs: Sequence[tuple[str, str]],
+) -> tuple[dict[tuple[str, str], float], int]:
+    """Return d of every pair under a setting's features, and the feature length L.
+
+    Args:
+        setting: The setting; its statistic is not used.
+        base: The task's base protocol.
+        records: Fingerprints by (model name, :func:`protocol_key`).
+        pairs: (source, suspect) pairs.
+    """
+    protocols = setting.extraction_protocols(base)
+    settings = setting.feature_settings(base)
+    names = {name for pair in pairs for name in pair}
+    vectors = {name: _setting_features(setting, [[records[(name, protocol_key(p))] for p in strength]
+                                                for strength in protocols], settings) for name in names}
+    length = int(next(iter(vectors.values())).numel())
+    return {pair: feature_distance(vectors[pair[0]], vectors[pair[1]]) for pair in pairs}, length
 
 
 def score_setting(
@@ -520,11 +546,7 @@ def score_setting(
     length = 0
     values: dict[tuple[str, str], float] = {}
     if setting.statistic != "query":
-        settings = setting.feature_settings(base)
-        vectors = {name: _setting_features(setting, [[records[(name, protocol_key(p))] for p in strength]
-                                                    for strength in protocols], settings) for name in names}
-        length = int(next(iter(vectors.values())).numel())
-        values = {pair: feature_distance(vectors[pair[0]], vectors[pair[1]]) for pair in pairs}
+        values, length = setting_distances(setting, base, records, pairs)
     if setting.statistic == "d":
         eta = threshold(length, base.alpha, base.sigma_h)
         values = {pair: value / eta for pair, value in values.items()}
@@ -695,6 +717,115 @@ def run_protocol_study(
     atomic_write_bytes(folder / "protocol-study.json", (json.dumps(summary, indent=2) + "\n").encode())
     atomic_write_bytes(folder / "protocol-study.md", render_study_markdown(summary).encode())
     return summary
+
+
+@dataclass(frozen=True)
+class HoldoutFold:
+    """One fold of :func:`leave_one_source_out`: the setting chosen without a source, judged on its pairs.
+
+    Attributes:
+        source: The source model held out.
+        chosen: The setting the rule picked on the other sources' pairs.
+        positives: The held-out source's positive pairs.
+        derived_positives: Of those, how many the chosen setting calls derived (d < eta).
+        negatives: Negative pairs with the held-out source on either side.
+        false_positives: Of those, how many the chosen setting calls derived.
+    """
+
+    source: str
+    chosen: str
+    positives: int
+    derived_positives: int
+    negatives: int
+    false_positives: int
+
+
+def _pooled(ratios: Sequence[tuple[bool, float]], fpr: float) -> dict[str, Any]:
+    """Summarise pooled (is positive, d / eta) samples as AUC, TPR and counts under d < eta."""
+    positives = [value for positive, value in ratios if positive]
+    negatives = [value for positive, value in ratios if not positive]
+    roc = summarise_roc([-math.log10(max(value, _RATIO_FLOOR)) for value in positives],
+                        [-math.log10(max(value, _RATIO_FLOOR)) for value in negatives], fpr)
+    return {"auc": roc.auc, "tpr": roc.tpr_at_fpr, "positives": len(positives),
+            "derived_positives": sum(value < 1 for value in positives), "negatives": len(negatives),
+            "false_positives": sum(value < 1 for value in negatives)}
+
+
+def leave_one_source_out(
+    task: str,
+    out_dir: str | Path,
+    settings: Sequence[str] | None = None,
+    plan: BenchPlan | None = None,
+    progress: BenchProgress | None = None,
+) -> dict[str, Any]:
+    """Measure how much the study's choice owes to the models it is scored on.
+
+    For each source, the rule of :func:`choose_setting` picks a setting on
+    the pairs that do not involve that source (its attacked copies
+    included), and the pick is judged on the pairs that do: the source's
+    positives and every negative with the source on either side. The
+    held-out pairs of all folds are pooled into one ROC (a negative between
+    two sources is judged once in each of their folds) and compared with
+    the setting chosen on all pairs, judged on the same pooled pairs.
+    Only settings that a protocol can record take part. Extractions come
+    from the study's cache and are made where missing.
+
+    Args:
+        task: Task name of the plan.
+        out_dir: The study's folder.
+        settings: Settings as written; the task's :data:`DEFAULT_GRIDS` when None.
+        plan: The benchmark plan; ``full`` when None.
+        progress: Called as ``progress(done, total, label)``.
+
+    Returns:
+        ``{"task", "in_sample_setting", "folds", "held_out", "in_sample"}``;
+        the last two are pooled summaries (AUC, TPR, counts).
+
+    Raises:
+        InvalidInputError: If the task or a setting is invalid, or none can be recorded by a protocol.
+    """
+    plan = plan or get_plan("full")
+    grid = [setting for setting in (parse_setting(text) for text in (settings or DEFAULT_GRIDS.get(task, ())))
+            if setting.expressible]
+    task_plan = _task_plan(plan, task)
+    if not grid:
+        raise InvalidInputError(f"no setting for task {task!r} that a protocol can record; add one such as 'base'")
+    models = _prepare(plan, task_plan, Path(out_dir), progress)
+    records = _extract_all(models, grid, lambda label: None)
+    positives, negatives = models.positives, models.negatives()
+
+    def ratios(setting: StudySetting, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        distances, length = setting_distances(setting, models.base, records, pairs)
+        eta = threshold(length, models.base.alpha, models.base.sigma_h)
+        return {pair: value / eta for pair, value in distances.items()}
+
+    def choose(pos: Sequence[tuple[str, str]], neg: Sequence[tuple[str, str]]) -> StudySetting:
+        scores = [score_setting(setting, models.base, records, pos, neg, plan.fpr) for setting in grid]
+        name = choose_setting(scores).setting
+        return next(setting for setting in grid if setting.name == name)
+
+    overall = choose(positives, negatives)
+    folds: list[HoldoutFold] = []
+    held_out: list[tuple[bool, float]] = []
+    in_sample: list[tuple[bool, float]] = []
+    for index, source in enumerate(task_plan.sources):
+        if progress is not None:
+            progress(index, len(task_plan.sources), f"{task}: without {source}")
+        test_pos = [pair for pair in positives if pair[0] == source]
+        test_neg = [pair for pair in negatives if source in pair]
+        train_neg = [pair for pair in negatives if source not in pair]
+        chosen = choose([pair for pair in positives if pair[0] != source], train_neg)
+        judged = ratios(chosen, [*test_pos, *test_neg])
+        reference = ratios(overall, [*test_pos, *test_neg])
+        held_out += [(pair in test_pos, judged[pair]) for pair in [*test_pos, *test_neg]]
+        in_sample += [(pair in test_pos, reference[pair]) for pair in [*test_pos, *test_neg]]
+        folds.append(HoldoutFold(source=source, chosen=chosen.name, positives=len(test_pos),
+                                 derived_positives=sum(judged[pair] < 1 for pair in test_pos),
+                                 negatives=len(test_neg), false_positives=sum(judged[pair] < 1 for pair in test_neg)))
+    if progress is not None:
+        progress(len(task_plan.sources), len(task_plan.sources), "done")
+    return {"task": task, "in_sample_setting": overall.name, "folds": [asdict(fold) for fold in folds],
+            "held_out": _pooled(held_out, plan.fpr), "in_sample": _pooled(in_sample, plan.fpr)}
 
 
 def study_chart(scores: Sequence[SettingScore], width: int = 640, row: int = 22) -> bytes:
