@@ -45,3 +45,17 @@ def test_extraction_benchmark_reports_ratios() -> None:
     assert fingerprint["paper_extraction_mb"] >= 0
     assert fingerprint["paper_extrapolated_from_iterations"] == 3
     assert result["identify"]["fingerprints"] == 50
+
+
+def test_study_scripts_run_on_the_quick_plan(tmp_path: Path) -> None:
+    toy = ("--quick", "--iterations", "3")
+    holdout = run_script("study_holdout.py", str(tmp_path), "--task", "denoise", *toy)
+    (result,) = holdout
+    assert [fold["source"] for fold in result["folds"]] == ["dncnn", "compact-dn"]
+    assert result["held_out"]["positives"] == 6
+    # The second script reads the fingerprints the first one extracted.
+    rows = run_script("residual_features.py", str(tmp_path), "denoise", "base", *toy)
+    assert [row["features"] for row in rows][:2] == ["critical image", "output"]
+    assert all(row["positives"] == 6 and row["negatives"] == 6 for row in rows)
+    lengths = {row["features"]: row["length"] for row in rows}
+    assert lengths["critical image + output"] == 2 * lengths["critical image"] == 60
