@@ -375,7 +375,8 @@ def test_cli_query_command(cli_registry: Path, references: list[Path]) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--rule", "bayes"], "unknown rule 'bayes'"), (["--rule", "calibrated", "--fpr", "1.5"], "invalid --fpr"),
-     (["--rule", "combined", "--query-only"], "--rule combined needs the suspect's gradients")],
+     (["--rule", "combined", "--query-only"], "--rule combined needs the suspect's gradients"),
+     (["--fpr", "0"], "invalid --fpr 0.0; expected a value in (0, 1)")],
 )
 def test_cli_usage_errors(cli_registry: Path, references: list[Path], extra: list[str], message: str) -> None:
     result = runner.invoke(app, ["verify", str(references[1]), "--against", "src", "--registry", str(cli_registry),

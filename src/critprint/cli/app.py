@@ -377,6 +377,7 @@ def verify(
     _reject_probe_overrides("verify", noise_sigma, noise_map_level)
     if (against is None) == (fingerprint is None):
         usage_error("pass exactly one of --against NAME or --fingerprint FILE")
+    verdict_cli.check_fpr(fpr)
     architecture = _arch_arguments(arch, arch_kwargs)
     if rule != "paper" or query_only or query_command is not None:
         verdict_cli.verify_beyond_paper(

@@ -54,6 +54,7 @@ __all__ = [
     "RULES",
     "register_commands",
     "verify_beyond_paper",
+    "check_fpr",
     "calibrate",
     "report",
 ]
@@ -101,6 +102,12 @@ QueryCommandOption = Annotated[
 QueryTimeoutOption = Annotated[
     float, typer.Option("--query-timeout", min=0.001, help="Seconds each --query-command call may run.")
 ]
+
+
+def check_fpr(fpr: float) -> None:
+    """Stop with a usage error unless ``--fpr`` lies in (0, 1)."""
+    if not 0.0 < fpr < 1.0:
+        usage_error(f"invalid --fpr {fpr!r}; expected a value in (0, 1), such as 0.01")
 
 
 def _configure_logging(debug: bool) -> None:
@@ -158,8 +165,6 @@ def verify_beyond_paper(
     """Run ``verify`` with the calibrated rule or query-only; ``load(suspect)`` loads a local model."""
     if rule not in RULES:
         usage_error(f"unknown rule {rule!r}; expected one of: {', '.join(RULES)}")
-    if not 0.0 < fpr < 1.0:
-        usage_error(f"invalid --fpr {fpr!r}; expected a value in (0, 1), such as 0.01")
     query = query_only or query_command is not None
     if query and rule == "combined":
         usage_error("--rule combined needs the suspect's gradients; drop --query-only and --query-command")
@@ -232,8 +237,7 @@ def calibrate(
     _configure_logging(debug)
     if sum(value is not None for value in (against, fingerprint, task)) != 1:
         usage_error("pass exactly one of --against NAME, --fingerprint FILE or --task TASK")
-    if not 0.0 < fpr < 1.0:
-        usage_error(f"invalid --fpr {fpr!r}; expected a value in (0, 1), such as 0.01")
+    check_fpr(fpr)
     with fail_on_errors(debug), JobProgress(quiet, "calibrate") as progress:
         if task is not None:
             check_choice("task", task, TASKS)
@@ -305,8 +309,7 @@ def report(
     _configure_logging(debug)
     if (against is None) == (fingerprint is None):
         usage_error("pass exactly one of --against NAME or --fingerprint FILE")
-    if not 0.0 < fpr < 1.0:
-        usage_error(f"invalid --fpr {fpr!r}; expected a value in (0, 1), such as 0.01")
+    check_fpr(fpr)
     with fail_on_errors(debug), ExtractionProgress(quiet) as progress:
         source_name, source = _load_source(against, fingerprint, registry)
         handle = load_model(suspect, allow_torchscript=torchscript)
