@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -99,10 +98,11 @@ def bare_loop(handle: ModelHandle, protocol: Protocol, iterations: int) -> float
     shape = (1, handle.input_channels, protocol.size, protocol.size)
     image = (torch.randn(shape, generator=generator) * protocol.beta).requires_grad_(True)
     optimiser = torch.optim.Adam([image], lr=protocol.learning_rate)
+    timed = protocol.replace(iterations=iterations)  # the schedule spans the timed run, as in an extraction
     start = time.perf_counter()
-    for step in range(iterations):
-        if protocol.schedule == "cosine":
-            optimiser.param_groups[0]["lr"] = protocol.learning_rate * 0.5 * (1 + math.cos(math.pi * step / iterations))
+    for step in range(1, iterations + 1):
+        if timed.schedule != "constant":
+            optimiser.param_groups[0]["lr"] = timed.learning_rate_at(step)
         degraded = F.avg_pool2d(image, protocol.scale) if protocol.scale > 1 else image
         if protocol.noise_sigma > 0:
             degraded = degraded + torch.randn(degraded.shape, generator=generator) * protocol.noise_sigma

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from critprint.decision import feature_distance, threshold
 from critprint.evaluation import protocol_study as study
-from critprint.evaluation.metrics import summarise_roc
 from critprint.evaluation.plan import get_plan
 from critprint.features import feature_vector
 from critprint.fingerprint import Fingerprint
@@ -76,14 +74,10 @@ def main() -> None:
     for variant in features[next(iter(names))]:
         length = int(features[next(iter(names))][variant].numel())
         eta = threshold(length, models.base.alpha, models.base.sigma_h)
-        ratio = {pair: feature_distance(features[pair[0]][variant], features[pair[1]][variant]) / eta
-                 for pair in (*positives, *negatives)}
-        roc = summarise_roc([-math.log10(max(ratio[pair], 1e-12)) for pair in positives],
-                            [-math.log10(max(ratio[pair], 1e-12)) for pair in negatives], plan.fpr)
-        rows.append({"task": arguments.task, "features": variant, "length": length, "auc": roc.auc,
-                     "tpr": roc.tpr_at_fpr, "positives": len(positives), "negatives": len(negatives),
-                     "derived_positives": sum(ratio[pair] < 1 for pair in positives),
-                     "false_positives": sum(ratio[pair] < 1 for pair in negatives)})
+        samples = [(pair in positives, feature_distance(features[pair[0]][variant], features[pair[1]][variant]) / eta)
+                   for pair in (*positives, *negatives)]
+        rows.append({"task": arguments.task, "features": variant, "length": length,
+                     **study.pooled_summary(samples, plan.fpr)})
 
     if arguments.json:
         print(json.dumps(rows, indent=2))

@@ -231,7 +231,7 @@ def test_calibration_sample_sizes(calibration: Calibration) -> None:
     assert summary["sigma_h_of_median_null"] == pytest.approx(math.sqrt(sorted(calibration.d_null)[1]))
 
 
-def test_combined_null_is_d_times_q_of_each_ordered_pair(calibration: Calibration) -> None:
+def test_combined_null_multiplies_d_and_q(calibration: Calibration) -> None:
     d = dict(zip(calibration.d_pairs, calibration.d_null))
     expected = [d.get((a, b), d.get((b, a))) * q for (a, b), q in zip(calibration.q_pairs, calibration.q_null)]
     assert calibration.dq_null == pytest.approx(expected, rel=1e-15)

@@ -79,7 +79,7 @@ logger = logging.getLogger(__name__)
 
 Statistic = Literal["d", "q", "dq"]
 STATISTICS: tuple[str, ...] = ("d", "q", "dq")
-"""``d``: histogram distance; ``q``: query-only distance; ``dq``: their product, the combined rule's statistic."""
+"""Statistics with a null sample: the histogram distance d, the query-only distance q, and dq, their product."""
 
 _FORMAT_NAME = "critprint-calibration"
 _FORMAT_VERSION = 1

@@ -1,4 +1,4 @@
-"""Verdicts beyond the chi-squared rule of "Fingerprinting Deep Image Restoration Models": calibrated and query-only.
+"""Verdicts beyond the chi-squared rule of "Fingerprinting Deep Image Restoration Models": calibrated, query-only, combined.
 
 :func:`verify_query` decides from a suspect's outputs alone (no gradients):
 it shows the suspect the probes made from the source's critical image and
@@ -6,10 +6,10 @@ compares its outputs with the source's outputs stored in the fingerprint.
 :func:`calibrated_verdict` re-reads a white-box :class:`Verification` with a
 measured null distribution instead of the assumed sigma_h.
 :func:`combined_verdict` decides on the product d x q of both statistics.
-The two fail on different pairs: d moves when fine-tuning shifts the
-critical image's histograms, while q stays small for a copy; q stays small
-for two models of one recipe trained on other photos, while d tells them
-apart. The protocol study measured the product on the evaluation zoo
+The two fail on different pairs. Fine-tuning shifts the critical image's
+histograms and so d, while q of the copy stays small. Two models of one
+recipe trained on other photos have a small q, while d tells them apart.
+The protocol study measured the product on the evaluation zoo
 (docs/benchmarks.md, "Protocol study").
 """
 

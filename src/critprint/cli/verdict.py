@@ -184,11 +184,12 @@ def verify_beyond_paper(
         else:
             handle = load(suspect)
             white = api.verify(handle, source, source_name, progress.callback(f"verify {suspect}"), allow_custom)
-            decision = calibrated_verdict(white, chosen, fpr)
             if rule == "combined":
                 queried = verify_query(model_query(handle, source.protocol), source, chosen, fpr, source_name,
                                        handle.source, handle.sha256)
                 decision = combined_verdict(white, queried, chosen, fpr)
+            else:
+                decision = calibrated_verdict(white, chosen, fpr)
     if query:
         if json_output:
             print_json(result.to_dict())

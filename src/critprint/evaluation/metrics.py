@@ -95,7 +95,7 @@ def held_out_null(values: Mapping[tuple[str, str], float], source: str, suspect:
     values (a task with three references), only the pair itself is left out.
     """
     models = {source, suspect.split("+")[0]}
-    kept = [value for pair, value in values.items() if not models & set(pair)]
-    if len(kept) >= MIN_HELD_OUT_NULL:
-        return kept
+    disjoint = [value for pair, value in values.items() if not models & set(pair)]
+    if len(disjoint) >= MIN_HELD_OUT_NULL:
+        return disjoint
     return [value for pair, value in values.items() if set(pair) != models]

@@ -38,7 +38,7 @@ The empty setting ``base`` is the base protocol itself.
 Each extraction is cached under ``DIR/TASK/study/PROTOCOL-HASH/MODEL.safetensors``
 and reused by every setting that needs it (a feature setting costs no
 extraction), so a study can be stopped and started again. The q values of a
-query setting are cached beside them, in ``query-PROBES-HASH.json``.
+query or combined setting are cached beside them, in ``query-PROBES-HASH.json``.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ __all__ = [
     "run_protocol_study",
     "HoldoutFold",
     "leave_one_source_out",
+    "pooled_summary",
     "render_study_markdown",
 ]
 
@@ -122,7 +123,8 @@ _NOISE_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
 # First-round winners: the denoise one also won deblurring, and the SR one deraining. The second round changes them.
 _DENOISE_FIRST_ROUND = "colour_bins=16,lgp_points=8,lgp_radius=1"
 _SR_FIRST_ROUND = "noise_sigma=0.3,lgp_points=8,lgp_radius=1"
-_DERAIN_SECOND_ROUND = f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15"
+# The second round's SR winner, which also won deraining.
+_SR_SECOND_ROUND = f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15"
 
 
 def _lambda_and_k(setting: str) -> tuple[str, ...]:
@@ -139,7 +141,7 @@ _OTHER_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
         "extra_noise=0.3", "seeds=2", "tv_weight=0", "tv_weight=0.01", "iterations=250",
         "noise_sigma=0.3,seeds=2", "noise_sigma=0.3,iterations=250", "noise_sigma=0.3,size=96",
         f"{_SR_FIRST_ROUND},schedule=cosine",
-        f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15",
+        _SR_SECOND_ROUND,
         f"{_SR_FIRST_ROUND},schedule=cosine,iterations=300",
     ),
     "deblur": (
@@ -148,8 +150,8 @@ _OTHER_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "lowlight": ("colour_bins=2,schedule=cosine", *_lambda_and_k("colour_bins=2"), "colour_bins=2,tv_weight=0,size=96"),
     "derain": (
-        f"{_SR_FIRST_ROUND},schedule=cosine", _DERAIN_SECOND_ROUND, f"{_SR_FIRST_ROUND},rain_density=0.02",
-        *_lambda_and_k(_DERAIN_SECOND_ROUND), f"{_DERAIN_SECOND_ROUND},size=96",
+        f"{_SR_FIRST_ROUND},schedule=cosine", _SR_SECOND_ROUND, f"{_SR_FIRST_ROUND},rain_density=0.02",
+        *_lambda_and_k(_SR_SECOND_ROUND), f"{_SR_SECOND_ROUND},size=96",
     ),
     "jpeg": (
         "colour_bins=2,schedule=cosine", "colour_bins=2,noise_sigma=0.1", *_lambda_and_k("colour_bins=2"),
@@ -160,10 +162,10 @@ _OTHER_VARIANTS: Final[dict[str, tuple[str, ...]]] = {
 
 _RULE_BASES: Final[dict[str, str]] = {
     "denoise": _DENOISE_FIRST_ROUND,
-    "sr": f"{_SR_FIRST_ROUND},schedule=cosine,learning_rate=0.15",
+    "sr": _SR_SECOND_ROUND,
     "deblur": _DENOISE_FIRST_ROUND,
     "lowlight": "colour_bins=2,tv_weight=0",
-    "derain": _DERAIN_SECOND_ROUND,
+    "derain": _SR_SECOND_ROUND,
     "jpeg": "colour_bins=2",
 }
 """The ``tuned`` setting of each task, on whose critical images the query and combined rules are scored."""
@@ -465,7 +467,7 @@ def _query_values(
     records: Mapping[tuple[str, str], Fingerprint],
     progress: Callable[[str], None],
 ) -> dict[tuple[str, str], float]:
-    """Return q for every positive and negative pair of a query or combined setting, read from the cache where there."""
+    """Return q for every positive and negative pair of a query or combined setting, computing only uncached pairs."""
     key = protocol_key(setting.extraction_protocols(models.base)[0][0])
     probes = setting.probes
     probe_key = hashlib.sha256(json.dumps(probes.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
@@ -565,12 +567,9 @@ def score_setting(
         ratios = {pair: calibrated_decision(held_out_null(null, *pair), values[pair], fpr, statistic).ratio
                   for pair in pairs}
 
-    def ratio(pair: tuple[str, str]) -> float:
-        return ratios[pair]
-
-    positive_ratios = [(ratio(pair), *pair) for pair in positives]
-    negative_ratios = [(ratio(pair), *pair) for pair in negatives]
-    # The ROC ranks pairs by the statistic itself (d / eta, q or d x q); no threshold enters it.
+    positive_ratios = [(ratios[pair], *pair) for pair in positives]
+    negative_ratios = [(ratios[pair], *pair) for pair in negatives]
+    # The ROC ranks pairs by the statistic itself (d / eta, q or d x q), so no threshold enters it.
     roc = summarise_roc([-math.log10(max(values[pair], _RATIO_FLOOR)) for pair in positives],
                         [-math.log10(max(values[pair], _RATIO_FLOOR)) for pair in negatives], fpr)
     seconds = [records[(name, protocol_key(p))].seconds for name in names for strength in protocols for p in strength]
@@ -742,10 +741,10 @@ class HoldoutFold:
     false_positives: int
 
 
-def _pooled(ratios: Sequence[tuple[bool, float]], fpr: float) -> dict[str, Any]:
-    """Summarise pooled (is positive, d / eta) samples as AUC, TPR and counts under d < eta."""
-    positives = [value for positive, value in ratios if positive]
-    negatives = [value for positive, value in ratios if not positive]
+def pooled_summary(samples: Sequence[tuple[bool, float]], fpr: float) -> dict[str, Any]:
+    """Summarise (is positive, d / eta) samples as AUC, TPR at ``fpr`` and the counts under d < eta."""
+    positives = [value for positive, value in samples if positive]
+    negatives = [value for positive, value in samples if not positive]
     roc = summarise_roc([-math.log10(max(value, _RATIO_FLOOR)) for value in positives],
                         [-math.log10(max(value, _RATIO_FLOOR)) for value in negatives], fpr)
     return {"auc": roc.auc, "tpr": roc.tpr_at_fpr, "positives": len(positives),
@@ -763,12 +762,12 @@ def leave_one_source_out(
     """Measure how much the study's choice owes to the models it is scored on.
 
     For each source, the rule of :func:`choose_setting` picks a setting on
-    the pairs that do not involve that source (its attacked copies
-    included), and the pick is judged on the pairs that do: the source's
-    positives and every negative with the source on either side. The
-    held-out pairs of all folds are pooled into one ROC (a negative between
-    two sources is judged once in each of their folds) and compared with
-    the setting chosen on all pairs, judged on the same pooled pairs.
+    the pairs that involve neither that source nor its attacked copies. The
+    pick is judged on the other pairs: the source's positives and every
+    negative with the source on either side. The held-out pairs of all
+    folds are pooled into one ROC, where a negative between two sources is
+    judged once in each of their folds. The setting chosen on all pairs is
+    judged on the same pooled pairs, for comparison.
     Only settings that a protocol can record take part. Extractions come
     from the study's cache and are made where missing.
 
@@ -807,6 +806,7 @@ def leave_one_source_out(
         return next(setting for setting in grid if setting.name == name)
 
     overall = choose(positives, negatives)
+    reference = ratios(overall, [*positives, *negatives])
     folds: list[HoldoutFold] = []
     held_out: list[tuple[bool, float]] = []
     in_sample: list[tuple[bool, float]] = []
@@ -818,7 +818,6 @@ def leave_one_source_out(
         train_neg = [pair for pair in negatives if source not in pair]
         chosen = choose([pair for pair in positives if pair[0] != source], train_neg)
         judged = ratios(chosen, [*test_pos, *test_neg])
-        reference = ratios(overall, [*test_pos, *test_neg])
         held_out += [(pair in test_pos, judged[pair]) for pair in [*test_pos, *test_neg]]
         in_sample += [(pair in test_pos, reference[pair]) for pair in [*test_pos, *test_neg]]
         folds.append(HoldoutFold(source=source, chosen=chosen.name, positives=len(test_pos),
@@ -827,7 +826,7 @@ def leave_one_source_out(
     if progress is not None:
         progress(len(task_plan.sources), len(task_plan.sources), "done")
     return {"task": task, "in_sample_setting": overall.name, "folds": [asdict(fold) for fold in folds],
-            "held_out": _pooled(held_out, plan.fpr), "in_sample": _pooled(in_sample, plan.fpr)}
+            "held_out": pooled_summary(held_out, plan.fpr), "in_sample": pooled_summary(in_sample, plan.fpr)}
 
 
 def study_chart(scores: Sequence[SettingScore], width: int = 640, row: int = 22) -> bytes:
